@@ -1,0 +1,120 @@
+"""The commands' work, callable from Python: settings in, files out."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+from . import __version__, schedule
+from .schedule import Settings
+
+MODEL_KEYS = {"base", "motion", "lcm_lora", "lcm_lora_scale", "loras", "fuse", "models_dir", "device", "dtype"}
+EMBEDDED_NOTE = ("using the embedded tiny model family: untrained, for trying the tool; "
+                 "pass --model/--motion/--lcm-lora (or set LCMVIDEO_MODELS_DIR) for real clips")
+
+
+def settings_for(schedule_file: Path | None, flags: dict) -> tuple[Settings, dict]:
+    """Schedule file + flags -> Settings, and where each model setting came from."""
+    s = schedule.load(schedule_file) if schedule_file else Settings()
+    sources = {k: "flag" for k, v in flags.items() if k in MODEL_KEYS and v not in (None, ())}
+    s = schedule.apply_overrides(s, **flags)
+    return s, sources
+
+
+def default_output(schedule_file: Path | None, s: Settings) -> Path:
+    if s.output:
+        return Path(s.output).expanduser()
+    stem = schedule_file.name.split(".")[0] if schedule_file else "lcmvideo"
+    return Path(f"{stem}.{s.format or 'mp4'}") if (s.format or "mp4") != "png" else Path(stem)
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"lcmvideo": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "diffusers", "transformers", "peft", "numpy", "imageio", "imageio-ffmpeg"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def recorded_settings(s: Settings, spec) -> dict:
+    """The settings as a schedule that re-renders the same frames: models by absolute path."""
+    d = s.to_dict()
+    m = d["models"]
+    m["base"] = None if spec.embedded else str(spec.base.path.resolve())
+    m["motion"] = None if spec.embedded else str(spec.motion.path.resolve())
+    m["lcm_lora"] = "none" if spec.lcm_lora.path is None else (
+        None if spec.embedded else str(spec.lcm_lora.path.resolve()))
+    m["loras"] = [{"path": str(r.path.resolve()), "weight": r.weight} for r in spec.loras]
+    m["models_dir"] = None
+    m["device"], m["dtype"] = spec.device, spec.dtype
+    d.pop("prompt", None)
+    d["output"] = None
+    return d
+
+
+def render_command(schedule_file, flags: dict, say=print, quiet: bool = False, verbose: int = 0) -> Path:
+    from . import models, render, video
+
+    t0 = time.perf_counter()
+    s, sources = settings_for(schedule_file, flags)
+    out = default_output(schedule_file, s)
+    fmt = video.format_for(out, s.format)
+    video.check_writable(out)
+    spec = models.resolve(s.models, sources)
+    if spec.embedded:
+        say(EMBEDDED_NOTE)
+    loaded = models.load(spec, verbose=verbose > 0, quiet=quiet)
+    t_load = time.perf_counter()
+    frames = render.render(loaded, s, quiet=quiet)
+    t_render = time.perf_counter()
+    meta = {
+        schedule.SIDECAR_MARK: {"version": __version__, "command": "render", "format": fmt},
+        "settings": recorded_settings(s, spec),
+        "models": models.describe(spec),
+        "versions": versions(),
+        "output": {"frames": int(frames.shape[0]), "width": int(frames.shape[2]), "height": int(frames.shape[1]),
+                   "fps": s.fps, "seed": s.seed},
+        "timing_s": {"load": round(t_load - t0, 3), "render": round(t_render - t_load, 3)},
+    }
+    video.write(frames, out, s.fps, fmt, meta, quiet=quiet)
+    say(f"wrote {out}: {frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, {s.fps:g} fps, "
+        f"seed {s.seed} ({time.perf_counter() - t0:.1f}s)")
+    return out
+
+
+def models_command(schedule_file, flags: dict, as_json: bool = False, echo=print):
+    from . import models
+
+    s, sources = settings_for(schedule_file, {k: v for k, v in flags.items() if k in MODEL_KEYS})
+    spec = models.resolve(s.models, sources)
+    rows = []
+    for ref in spec.refs():
+        sn = ref.sniffed
+        rows.append({"role": ref.role, "path": str(sn.file) if sn else None, "layout": sn.layout if sn else None,
+                     "family": sn.family if sn else None, "source": ref.source,
+                     **({"weight": ref.weight} if ref.role == "lora" else {})})
+    found = {role: [str(p) for p in ps] for role, ps in models.discover(spec.models_dir).items()} \
+        if spec.models_dir else {}
+    if as_json:
+        echo(json.dumps({"models": rows, "device": spec.device, "dtype": spec.dtype, "fuse": spec.fuse,
+                         "lcm_lora_scale": spec.lcm_lora_scale, "embedded": spec.embedded,
+                         "models_dir": str(spec.models_dir) if spec.models_dir else None, "found": found}, indent=2))
+        return
+    if spec.embedded:
+        echo(EMBEDDED_NOTE)
+    for r in rows:
+        what = f"{r['family']}, {r['layout']} layout" if r["path"] else "none"
+        w = f" x{r['weight']:g}" if "weight" in r else ""
+        echo(f"{r['role']:<9} {r['path'] or '-'}{w}\n          {what}; from {r['source']}")
+    echo(f"device    {spec.device} ({spec.dtype}); LoRAs {'fused' if spec.fuse else 'as adapters'}, "
+         f"LCM-LoRA scale {spec.lcm_lora_scale:g}")
+    if spec.models_dir:
+        echo(f"\nfound in {spec.models_dir}:")
+        for role, paths in found.items():
+            echo(f"  {role}: " + (", ".join(Path(p).name for p in paths) if paths else "-"))

@@ -1,0 +1,157 @@
+"""The command line: parse, call one function, map errors to exit codes.
+
+Nothing heavy is imported at module level: `lcmvideo --help` must not load torch or diffusers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import LcmvideoError
+
+_state: dict = {}  # for main(): whether to show tracebacks
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Ctx:
+    def __init__(self, verbose: int, quiet: bool):
+        self.verbose = verbose
+        self.quiet = quiet
+
+    def say(self, msg: str):
+        if not self.quiet:
+            click.echo(msg, err=True)
+
+
+class Group(click.Group):
+    """Maps errors to one line and an exit code: 2 usage/config, 1 runtime, 130 Ctrl-C."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except LcmvideoError as e:
+            click.echo(f"lcmvideo: error: {e.message}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("lcmvideo: interrupted", err=True)
+            ctx.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:  # noqa: BLE001 - last resort: one line unless -vv
+            if _state.get("verbose", 0) >= 2:
+                raise
+            first = str(e).splitlines()[0] if str(e) else ""
+            click.echo(f"lcmvideo: error: {type(e).__name__}: {first} (run with -vv for the traceback)", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="lcmvideo")
+@click.option("-v", "--verbose", count=True, help="More output: library logs; twice for tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors: no progress bars or notes.")
+@click.pass_context
+def cli(ctx, verbose, quiet):
+    """Short videos from Stable Diffusion 1.5 + AnimateDiff + LCM-LoRA, offline.
+
+    With no model given, lcmvideo runs on its embedded tiny model family (untrained,
+    for trying the tool); point --model/--motion/--lcm-lora at real files for real clips.
+    """
+    ctx.obj = Ctx(verbose, quiet)
+    _state["verbose"] = verbose
+
+
+def model_options(f):
+    """Flags naming models; each also settable in a schedule file's `models:` section."""
+    opts = [
+        click.option("--model", "base", metavar="PATH|ID|NAME",
+                     help="SD1.5 base: diffusers folder, HF cache id, .safetensors/.ckpt, or a name in "
+                          "--models-dir. [env: LCMVIDEO_MODEL; default: embedded tiny model]"),
+        click.option("--motion", metavar="PATH|ID|NAME",
+                     help="AnimateDiff motion module (diffusers folder or mm_sd_v15_v2.ckpt-style file). "
+                          "[env: LCMVIDEO_MOTION]"),
+        click.option("--lcm-lora", "lcm_lora", metavar="PATH|ID|NAME",
+                     help="LCM-LoRA (kohya or diffusers layout), or 'none' for an LCM-distilled model. "
+                          "[env: LCMVIDEO_LCM_LORA]"),
+        click.option("--lcm-lora-scale", type=float, help="LCM-LoRA strength.  [default: 1.0]"),
+        click.option("--lora", "loras", multiple=True, metavar="PATH[:WEIGHT]",
+                     help="Extra style LoRA; repeatable."),
+        click.option("--no-fuse", "no_fuse", is_flag=True,
+                     help="Keep LoRAs as adapters instead of fusing them into the weights."),
+        click.option("--models-dir", metavar="DIR",
+                     help="An A1111 or ComfyUI folder to find models in by name. [env: LCMVIDEO_MODELS_DIR]"),
+        click.option("--device", metavar="DEV", help="auto, cpu, cuda, cuda:N or mps.  [env: LCMVIDEO_DEVICE; "
+                                                     "default: auto]"),
+        click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
+                     help="Weights' precision.  [default: float16 on GPU, float32 on CPU]"),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_dir, device, dtype) -> dict:
+    import os
+
+    from .schedule import parse_lora
+
+    return dict(base=base, motion=motion, lcm_lora=lcm_lora, lcm_lora_scale=lcm_lora_scale,
+                loras=tuple(parse_lora(x) for x in loras), fuse=False if no_fuse else None,
+                models_dir=models_dir, device=device or os.environ.get("LCMVIDEO_DEVICE") or None, dtype=dtype)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("schedule_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Output: .mp4, .gif, or a folder for PNG frames.  [default: SCHEDULE_FILE's name + .mp4]")
+@click.option("-f", "--format", "fmt", type=click.Choice(["mp4", "gif", "png"]), help="Override the extension.")
+@click.option("-p", "--prompt", help="The prompt (replaces the file's prompts).")
+@click.option("-n", "--negative-prompt", help="Negative prompt (used when guidance > 1).")
+@click.option("--frames", type=click.IntRange(min=1), help="Clip length in frames.  [default: 16]")
+@click.option("-W", "--width", type=click.IntRange(min=8), help="Width in pixels, multiple of 8.  [default: model's]")
+@click.option("-H", "--height", type=click.IntRange(min=8), help="Height in pixels, multiple of 8.")
+@click.option("--fps", type=click.FloatRange(min=0.1, max=240), help="Frames per second.  [default: 8]")
+@click.option("--steps", type=click.IntRange(min=1, max=100), help="LCM steps, 2-8 useful.  [default: 4]")
+@click.option("--guidance", type=click.FloatRange(min=0), help="CFG scale; <= 1 disables CFG.  [default: 1.0]")
+@click.option("--seed", type=click.IntRange(min=0), help="Random seed.  [default: random, printed]")
+@model_options
+@click.pass_obj
+def render(obj: Ctx, schedule_file, output, fmt, prompt, negative_prompt, frames, width, height, fps, steps,
+           guidance, seed, **model_kw):
+    """Render a clip from a schedule file (YAML/JSON) or a --prompt.
+
+    A render's sidecar JSON (OUTPUT.json) is itself a schedule file: `lcmvideo render clip.mp4.json`
+    renders the same frames again.
+    """
+    from . import app
+
+    flags = dict(prompt=prompt, negative_prompt=negative_prompt, frames=frames, width=width, height=height,
+                 fps=fps, steps=steps, guidance=guidance, seed=seed,
+                 output=str(output) if output else None, format=fmt)
+    flags.update(model_flags(**model_kw))
+    if schedule_file is None and prompt is None:
+        raise click.UsageError("give a SCHEDULE_FILE or --prompt")
+    app.render_command(schedule_file, flags, obj.say, quiet=obj.quiet, verbose=obj.verbose)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("schedule_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@model_options
+@click.pass_obj
+def models(obj: Ctx, schedule_file, as_json, **model_kw):
+    """Show which models a render would use, where they come from, and what is in --models-dir."""
+    from . import app
+
+    app.models_command(schedule_file, model_flags(**model_kw), as_json)
+
+
+def main(argv=None):
+    """Console entry point."""
+    cli.main(args=argv, prog_name="lcmvideo")
+
+
+if __name__ == "__main__":
+    main()
