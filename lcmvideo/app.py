@@ -63,12 +63,18 @@ def render_command(schedule_file, flags: dict, say=print, quiet: bool = False, v
 
     t0 = time.perf_counter()
     s, sources = settings_for(schedule_file, flags)
+    schedule.require_prompt(s)
     out = default_output(schedule_file, s)
     fmt = video.format_for(out, s.format)
-    video.check_writable(out)
+    video.check_writable(out, fmt)
     spec = models.resolve(s.models, sources)
     if spec.embedded:
         say(EMBEDDED_NOTE)
+    for w in s.warnings:
+        say(f"warning: {w}")
+    if spec.fuse and schedule.travels_lora(s):
+        spec.fuse = False
+        say("note: LoRA weights travel in this schedule, so LoRAs stay unfused (per-window weights, slower)")
     loaded = models.load(spec, verbose=verbose > 0, quiet=quiet)
     t_load = time.perf_counter()
     frames = render.render(loaded, s, quiet=quiet)

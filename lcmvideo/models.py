@@ -210,6 +210,7 @@ class ModelRef:
     source: str  # flag | schedule | env NAME | embedded default | found in DIR
     sniffed: Sniffed | None = None  # None for "none"
     weight: float = 1.0
+    key: str = ""  # a style LoRA's name in schedules (lora_weights)
 
     @property
     def path(self) -> Path | None:
@@ -374,6 +375,8 @@ def resolve(settings_models, sources: dict | None = None, env=os.environ) -> Mod
     motion = companion("motion", "motion", "LCMVIDEO_MOTION", "motion_adapter")
     lcm = companion("lcm_lora", "lcm_lora", "LCMVIDEO_LCM_LORA", "lcm_lora")
     loras = [_ref("lora", r.path, sources.get("loras", "schedule"), models_dir, found, r.weight) for r in m.loras]
+    for ref, r in zip(loras, m.loras):
+        ref.key = r.key
     device, dtype = pick_device(m.device, m.dtype)
     return ModelSpec(base, motion, lcm, loras, m.lcm_lora_scale, device, dtype, m.fuse, embedded, models_dir)
 
@@ -467,6 +470,7 @@ class Models:
     spec: ModelSpec
     pipe: object  # diffusers.AnimateDiffPipeline
     max_frames: int  # the motion module's window
+    adapters: dict = field(default_factory=dict)  # plan parameter -> peft adapter name, when not fused
 
     @property
     def native_size(self) -> int:
@@ -578,7 +582,10 @@ def _load_motion(ref: ModelRef, dtype):
     sd = load_state_dict(ref.path)
     if ref.sniffed.layout == "animatediff-original":
         cfg = motion_config_from_original(sd)
-        sd = convert_animatediff_checkpoint_to_diffusers(sd)
+        # diffusers' converter drops the positional tables; keep them, some fine-tunes change them
+        pe = {k.replace(".temporal_transformer", "").replace(".attention_blocks.0.pos_encoder.pe", ".pos_embed.pe"): v
+              for k, v in sd.items() if k.endswith("attention_blocks.0.pos_encoder.pe")}
+        sd = {**convert_animatediff_checkpoint_to_diffusers(sd), **pe}
     else:
         raise usage(f"{ref.path}: a single-file motion module in diffusers layout; "
                     "put it in a folder with its config.json")
@@ -628,7 +635,7 @@ def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True) -> Models:
                                    motion_adapter=adapter, scheduler=scheduler,
                                    feature_extractor=None, image_encoder=None)
         pipe.unet.to(dtype)  # the motion UNet is assembled in float32
-        _apply_loras(pipe, spec)
+        adapters = _apply_loras(pipe, spec)
         bar.update()
         pipe.to(spec.device)
         bar.update()
@@ -639,12 +646,14 @@ def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True) -> Models:
         raise runtime(f"could not load the models: {str(e).splitlines()[0]}") from None
     finally:
         bar.close()
-    return Models(spec, pipe, adapter.config.motion_max_seq_length)
+    return Models(spec, pipe, adapter.config.motion_max_seq_length, adapters)
 
 
-def _apply_loras(pipe, spec: ModelSpec):
-    """LCM-LoRA and style LoRAs as peft adapters, weighted with set_adapters, fused unless told not to."""
-    names, weights = [], []
+def _apply_loras(pipe, spec: ModelSpec) -> dict:
+    """LCM-LoRA and style LoRAs as peft adapters, weighted with set_adapters, fused unless told not to.
+
+    Returns which adapter carries which schedule parameter (empty once fused)."""
+    names, weights, params = [], [], {}
     refs = ([spec.lcm_lora] if spec.lcm_lora.sniffed else []) + spec.loras
     for i, ref in enumerate(refs):
         name = "lcm" if ref.role == "lcm_lora" else f"style{i}"
@@ -655,9 +664,12 @@ def _apply_loras(pipe, spec: ModelSpec):
             raise usage(f"{ref.path}: LoRA does not fit the base model ({str(e).splitlines()[0][:200]})") from None
         names.append(name)
         weights.append(spec.lcm_lora_scale if ref.role == "lcm_lora" else ref.weight)
+        params["lcm_lora_scale" if ref.role == "lcm_lora" else f"lora:{ref.key}"] = name
     if not names:
-        return
+        return {}
     pipe.set_adapters(names, adapter_weights=weights)
     if spec.fuse:
         pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
         pipe.unload_lora_weights()
+        return {}
+    return params

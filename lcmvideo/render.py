@@ -1,4 +1,10 @@
-"""Text-to-video: AnimateDiff + LCM over a loaded model set."""
+"""Text-to-video: AnimateDiff + LCM over a loaded model set.
+
+The denoising loop is written out here rather than taken from `AnimateDiffPipeline.__call__`
+so that every frame can have its own text embedding (prompt travel) and guidance, and so
+that clips longer than the motion module's window run as overlapping context windows.
+With one window and one prompt it computes exactly what the diffusers pipeline computes.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,9 @@ import random
 
 import numpy as np
 
-from .errors import runtime, usage
+from .errors import runtime
 from .models import Models
-from .schedule import Settings
+from .schedule import FrameRow, Settings, finish, full_prompt, negative_for, plan
 
 
 def resolve_settings(s: Settings, models: Models) -> Settings:
@@ -18,38 +24,159 @@ def resolve_settings(s: Settings, models: Models) -> Settings:
     s.height = s.height or size
     if s.seed is None:
         s.seed = random.randrange(2**31)
-    if s.frames > models.max_frames:
-        raise usage(f"frames: {s.frames} is more than the motion module's {models.max_frames}-frame window")
     return s
+
+
+def windows(frames: int, length: int, overlap: int, loop: bool = False) -> list[list[int]]:
+    """Overlapping runs of frame indices covering the clip; the last one ends on the last frame.
+
+    With `loop`, windows wrap around the end so the last frames are denoised next to the first.
+    """
+    if frames <= length:
+        return [list(range(frames))]
+    stride = max(1, length - overlap)
+    if loop:
+        return [[(s + i) % frames for i in range(length)] for s in range(0, frames, stride)]
+    starts = list(range(0, frames - length + 1, stride))
+    if starts[-1] != frames - length:
+        starts.append(frames - length)
+    return [list(range(s, s + length)) for s in starts]
+
+
+def window_weights(n: int):
+    """Pyramid weights: a window's edge frames count less where windows overlap."""
+    import torch
+
+    ramp = torch.arange(1, n + 1, dtype=torch.float32)
+    return torch.minimum(ramp, ramp.flip(0))
+
+
+def conditioning(models: Models, s: Settings, rows: list[FrameRow]):
+    """Per-frame text embeddings (T, L, D) for the prompt and, with CFG, the negative prompt.
+
+    Each distinct keyframe text goes through the text encoder once; frames between keyframes
+    blend the keyframes' embeddings (linear or slerp) with the plan's weights.
+    """
+    import torch
+
+    from . import prompts
+
+    pipe = models.pipe
+    kfs = s.resolved
+    use_cfg = any(r.params["guidance"] > 1.0 for r in rows)
+    texts = [full_prompt(s, k) for k in kfs]
+    negs = [negative_for(s, k) for k in kfs] if use_cfg else []
+    chunks = max(prompts.n_chunks(pipe.tokenizer, t) for t in texts + negs)
+    cache = {}
+    for t in dict.fromkeys(texts + negs):
+        cache[t] = prompts.encode(pipe.text_encoder, pipe.tokenizer, t, chunks)[0]
+
+    def per_frame(keyed):
+        out = []
+        for r in rows:
+            if len(r.blend) == 1:
+                out.append(cache[keyed[r.blend[0][0]]])
+                continue
+            (i, wa), (j, wb) = r.blend
+            a, b = cache[keyed[i]], cache[keyed[j]]
+            out.append(prompts.slerp(a, b, wb) if s.interpolation == "slerp" else a * wa + b * wb)
+        return torch.stack(out)
+
+    cond = per_frame(texts)
+    uncond = per_frame(negs) if use_cfg else None
+    guidance = [max(r.params["guidance"], 1.0) for r in rows]
+    return cond, uncond, guidance
+
+
+def denoise(models: Models, cond, uncond, guidance, s: Settings, quiet: bool = True, rows=None):
+    """LCM sampling of (1, C, T, h, w) latents; cond/uncond are per-frame embeddings (T, 77, D)."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+    from tqdm import tqdm
+
+    pipe = models.pipe
+    unet, sched = pipe.unet, pipe.scheduler
+    device = models.spec.device
+    generator = torch.Generator("cpu").manual_seed(s.seed)
+    shape = (1, unet.config.in_channels, s.frames, s.height // pipe.vae_scale_factor, s.width // pipe.vae_scale_factor)
+    latents = randn_tensor(shape, generator=generator, device=torch.device(device), dtype=cond.dtype)
+    latents = latents * sched.init_noise_sigma
+    sched.set_timesteps(s.steps, device=device)
+    wins = windows(s.frames, min(s.context.length, models.max_frames), s.context.overlap, s.loop)
+    travel = lora_travel(models, rows) if rows else None
+    cfg = uncond is not None
+    g = torch.as_tensor(guidance, dtype=cond.dtype, device=device).view(1, 1, -1, 1, 1)
+    bar = tqdm(total=len(sched.timesteps) * len(wins), desc="denoise", disable=quiet, leave=False)
+    for t in sched.timesteps:
+        if len(wins) == 1:
+            if travel:
+                set_lora_weights(models, travel, wins[0])
+            noise = _predict(unet, sched, latents, t, cond, uncond, g)
+            bar.update()
+        else:
+            noise = torch.zeros_like(latents)
+            total = torch.zeros(s.frames, device=device, dtype=latents.dtype)
+            for win in wins:
+                if travel:
+                    set_lora_weights(models, travel, win)
+                w = window_weights(len(win)).to(device, latents.dtype)
+                idx = torch.tensor(win, device=device)
+                out = _predict(unet, sched, latents[:, :, idx], t, cond[idx], None if uncond is None else uncond[idx],
+                               g[:, :, idx] if cfg else g)
+                noise[:, :, idx] += out * w.view(1, 1, -1, 1, 1)
+                total[idx] += w
+                bar.update()
+            noise /= total.view(1, 1, -1, 1, 1)
+        latents = sched.step(noise, t, latents, generator=generator).prev_sample
+    bar.close()
+    # LCM's result is the denoised estimate of the last step
+    return latents
+
+
+def _predict(unet, sched, x, t, cond, uncond, g):
+    import torch
+
+    x_in = torch.cat([x, x]) if uncond is not None else x
+    x_in = sched.scale_model_input(x_in, t)
+    ehs = torch.cat([uncond, cond]) if uncond is not None else cond
+    out = unet(x_in, t, encoder_hidden_states=ehs).sample
+    if uncond is None:
+        return out
+    u, c = out.chunk(2)
+    return u + g * (c - u)
+
+
+def lora_travel(models: Models, rows: list[FrameRow]) -> dict | None:
+    """Per-frame weights of each loaded adapter, if any of them changes over the clip."""
+    if not models.adapters:
+        return None
+    curves = {name: [r.params.get(param, 0.0) for r in rows] for param, name in models.adapters.items()}
+    if all(max(c) == min(c) for c in curves.values()):
+        return None
+    return curves
+
+
+def set_lora_weights(models: Models, curves: dict, win: list[int]):
+    """LoRA weights can change per window, not per frame: each window gets its frames' mean."""
+    names = list(curves)
+    models.pipe.set_adapters(names, adapter_weights=[sum(curves[n][i] for i in win) / len(win) for n in names])
 
 
 def render(models: Models, s: Settings, quiet: bool = True) -> np.ndarray:
     """Denoise and decode one clip: uint8 frames (T, H, W, 3)."""
     import torch
-    from tqdm import tqdm
 
-    s = resolve_settings(s, models)
-    pipe = models.pipe
-    pipe.set_progress_bar_config(disable=quiet, desc="denoise", leave=False)
+    s = resolve_settings(finish(s), models)
+    rows = plan(s)
     device = models.spec.device
-    cfg = s.guidance > 1.0
-    prompt = s.keyframes[0]
     try:
         with torch.inference_mode():
-            prompt_embeds, negative_embeds = pipe.encode_prompt(
-                prompt, device, 1, cfg, s.negative_prompt or None)
-            latents = pipe(
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_embeds if cfg else None,
-                num_frames=s.frames, height=s.height, width=s.width,
-                num_inference_steps=s.steps, guidance_scale=s.guidance,
-                generator=torch.Generator("cpu").manual_seed(s.seed),
-                output_type="latent",
-            ).frames
-            return decode(pipe, latents, quiet)
+            cond, uncond, guidance = conditioning(models, s, rows)
+            latents = denoise(models, cond, uncond, guidance, s, quiet, rows)
+            return decode(models.pipe, latents, quiet)
     except torch.OutOfMemoryError:
         raise runtime(f"out of memory rendering {s.frames} frames at {s.width}x{s.height} on {device}; "
-                      "try fewer frames or a smaller size") from None
+                      "try fewer frames, a smaller size or a shorter context.length") from None
 
 
 def decode(pipe, latents, quiet: bool = True, chunk: int = 8) -> np.ndarray:

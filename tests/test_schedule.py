@@ -33,7 +33,7 @@ models:
 output: out/clip.gif
 """)
     s = schedule.load(f)
-    assert s.keyframes == {0: "a red circle"}
+    assert [(k.frame, k.prompt) for k in s.resolved] == [(0, "a red circle")]
     assert (s.frames, s.width, s.height, s.fps, s.steps, s.guidance, s.seed) == (12, 96, 64, 7.5, 6, 1.5, 7)
     assert s.models.base == str(tmp_path / "my.safetensors")  # relative to the file
     assert s.models.lcm_lora_scale == 0.8
@@ -45,7 +45,7 @@ def test_json_file_reads_the_same(tmp_path):
     f = tmp_path / "clip.json"
     f.write_text(json.dumps({"keyframes": {"0": "a cat"}, "frames": 8, "seed": 3}))
     s = schedule.load(f)
-    assert s.keyframes == {0: "a cat"} and s.frames == 8 and s.seed == 3
+    assert [(k.frame, k.prompt) for k in s.resolved] == [(0, "a cat")] and s.frames == 8 and s.seed == 3
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -54,7 +54,7 @@ def test_json_file_reads_the_same(tmp_path):
     ("prompt: a\nfoo: 1", "x.yaml: foo (line 2): unknown key; expected one of:"),
     ("prompt: a\nmodels:\n  bse: x", "x.yaml: models.bse (line 3): unknown key"),
     ("keyframes:\n  0: a\n  20: b", 'x.yaml: keyframes."20" (line 3): frame 20 is beyond the clip (frames: 16)'),
-    ("keyframes:\n  4: a", "x.yaml: keyframes (line 1): frame 0 needs a prompt"),
+    ("keyframes:\n  4: a", "x.yaml: keyframes (line 1): frame 0 needs a prompt (the first keyframe is at frame 4)"),
     ("prompt: a\nseed: -1", "x.yaml: seed (line 2): must be at least 0, got -1"),
     ("prompt: a\nsteps: four", "x.yaml: steps (line 2): expected a whole number of steps, got 'four'"),
     ("prompt: a\nprompt: b", "x.yaml: prompt (line 2): duplicate key"),
@@ -76,7 +76,7 @@ def test_missing_file_is_a_usage_error(tmp_path):
 def test_overrides_win_over_the_file():
     s = schedule.from_text("prompt: a\nframes: 8\nseed: 1\nmodels: {base: x}")
     s = schedule.apply_overrides(s, prompt="b", frames=12, seed=None, base="y", loras=())
-    assert s.keyframes == {0: "b"} and s.frames == 12 and s.seed == 1 and s.models.base == "y"
+    assert [k.prompt for k in s.resolved] == ["b"] and s.frames == 12 and s.seed == 1 and s.models.base == "y"
 
 
 def test_parse_lora():
@@ -90,4 +90,4 @@ def test_sidecar_is_a_schedule(tmp_path):
     side = tmp_path / "clip.mp4.json"
     side.write_text(json.dumps({"lcmvideo": {"version": "x"}, "settings": s.to_dict(), "versions": {}}))
     again = schedule.load(side)
-    assert again.keyframes == {0: "a cat"} and again.seed == 5 and again.frames == 8
+    assert [k.prompt for k in again.resolved] == ["a cat"] and again.seed == 5 and again.frames == 8

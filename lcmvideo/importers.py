@@ -1,0 +1,105 @@
+"""Schedules in the formats users already have, turned into lcmvideo's own (a dict for from_dict).
+
+- animatediff-cli-prompt-travel JSON (`prompt_map`, `head_prompt`, `tail_prompt`, `n_prompt`,
+  `seed`, `steps`, `guidance_scale`, `lora_map`, ...)
+- the A1111 prompt box of sd-webui-animatediff: head lines, `N: prompt` lines, tail lines.
+
+Whatever has no counterpart is listed in the returned notes, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import usage
+
+KEYFRAME_LINE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*:\s*(.*)$")
+LORA_TAG = re.compile(r"<lora:[^>]*>")
+CARRIED = {"name", "path", "motion_module", "seed", "steps", "guidance_scale", "head_prompt", "prompt_map",
+           "tail_prompt", "n_prompt", "lora_map", "output"}
+IGNORED_QUIETLY = {"compile", "lcm_map"}  # lcmvideo always uses LCM; compile is a speed switch
+
+
+def from_prompt_travel_json(data: dict, where) -> tuple[dict, list[str]]:
+    notes = []
+    src = where.source
+    pm = data.get("prompt_map")
+    if not isinstance(pm, dict) or not pm:
+        raise where(("prompt_map",), "expected a mapping of frame: prompt")
+    out: dict = {"keyframes": {}}
+    for k, v in pm.items():
+        out["keyframes"][k] = v
+        where.lines.setdefault(("keyframes", k), where.lines.get(("prompt_map", k)))
+    last = max(int(float(k)) for k in pm)
+    out["frames"] = last + 16
+    notes.append(f"{src}: frames: not in this format (animatediff-cli takes -L); using the last keyframe + 16 = "
+                 f"{last + 16}, set --frames to change it")
+    for theirs, ours in (("head_prompt", "head"), ("tail_prompt", "tail"), ("steps", "steps"),
+                         ("guidance_scale", "guidance")):
+        if data.get(theirs) not in (None, ""):
+            out[ours] = data[theirs]
+    seed = data.get("seed")
+    if isinstance(seed, list):
+        if len(seed) > 1:
+            notes.append(f"{src}: seed: {len(seed)} seeds given; using the first ({seed[0]})")
+        seed = seed[0] if seed else None
+    if seed is not None and seed != -1:
+        out["seed"] = seed
+    neg = data.get("n_prompt")
+    if isinstance(neg, list):
+        neg = neg[0] if neg else ""
+    if neg:
+        out["negative_prompt"] = neg
+    models = {}
+    if data.get("path"):
+        models["base"] = data["path"]
+    if data.get("motion_module"):
+        models["motion"] = data["motion_module"]
+    if isinstance(data.get("lora_map"), dict) and data["lora_map"]:
+        models["loras"] = [{"path": p, "weight": w} for p, w in data["lora_map"].items()]
+    if models:
+        out["models"] = models
+    o = data.get("output")
+    if isinstance(o, dict):
+        if "fps" in o:
+            out["fps"] = o["fps"]
+        if o.get("format") in ("gif", "mp4"):
+            out["format"] = o["format"]
+    if data.get("scheduler"):
+        notes.append(f"{src}: scheduler {data['scheduler']!r} not carried over: lcmvideo samples with LCM")
+    if data.get("clip_skip") not in (None, 1):
+        notes.append(f"{src}: clip_skip {data['clip_skip']} not carried over (lcmvideo uses the last layer)")
+    for k in sorted(set(data) - CARRIED - IGNORED_QUIETLY - {"scheduler", "clip_skip"}):
+        if data[k] not in (None, {}, [], "", False):
+            notes.append(f"{src}: {k} not carried over")
+    return out, notes
+
+
+def from_prompt_box(text: str, where) -> dict:
+    """Head lines, then `frame: prompt` lines, then tail lines (sd-webui-animatediff's prompt travel)."""
+    head, tail, keyframes = [], [], {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        m = KEYFRAME_LINE.match(line)
+        if m:
+            if tail:
+                raise usage(f"{where.source} (line {n}): a keyframe line after the tail lines; "
+                            "keep head lines first, then 'N: prompt' lines, then tail lines")
+            key = m.group(1)
+            if key in keyframes:
+                raise usage(f"{where.source} (line {n}): keyframe {key} given twice")
+            keyframes[key] = m.group(2).strip()
+            where.lines[("keyframes", key)] = n
+        elif keyframes:
+            tail.append(line)
+        else:
+            head.append(line)
+    if not keyframes:
+        raise usage(f"{where.source}: no 'N: prompt' lines found (a prompt-box file needs at least '0: prompt')")
+    clean = [LORA_TAG.sub("", x).strip(" ,") for x in (" ".join(head), " ".join(tail))]
+    out = {"keyframes": keyframes, "head": clean[0], "tail": clean[1]}
+    last = max(int(float(k)) for k in keyframes)
+    out["frames"] = max(16, last + 1)
+    return out

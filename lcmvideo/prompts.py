@@ -1,0 +1,112 @@
+"""Prompt text -> CLIP embeddings, with A1111-style term weights and prompts past 75 tokens.
+
+`(word:1.3)` multiplies the word's token embeddings by 1.3, `(word)` by 1.1, `[word]` by
+1/1.1, nested brackets multiply; `\\(` is a literal bracket. As in A1111, the weighted
+embeddings are rescaled to the unweighted mean so weights shift emphasis, not loudness.
+Longer prompts are encoded in 75-token chunks and concatenated along the sequence.
+"""
+
+from __future__ import annotations
+
+import re
+
+TOKEN = re.compile(r"\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:")
+
+
+def parse_weights(text: str) -> list[tuple[str, float]]:
+    """'a (red:1.3) [cat]' -> [('a ', 1.0), ('red', 1.3), (' ', 1.0), ('cat', 1/1.1)] (A1111's rules)."""
+    out: list[list] = []
+    round_open, square_open = [], []
+
+    def multiply(start, factor):
+        for i in range(start, len(out)):
+            out[i][1] *= factor
+
+    for m in TOKEN.finditer(text):
+        tok, weight = m.group(0), m.group(1)
+        if tok.startswith("\\"):
+            out.append([tok[1:], 1.0])
+        elif tok == "(":
+            round_open.append(len(out))
+        elif tok == "[":
+            square_open.append(len(out))
+        elif weight is not None and round_open:
+            multiply(round_open.pop(), float(weight))
+        elif tok == ")" and round_open:
+            multiply(round_open.pop(), 1.1)
+        elif tok == "]" and square_open:
+            multiply(square_open.pop(), 1 / 1.1)
+        else:
+            out.append([tok, 1.0])
+    for start in round_open:
+        multiply(start, 1.1)
+    for start in square_open:
+        multiply(start, 1 / 1.1)
+    merged: list[tuple[str, float]] = []
+    for t, w in out:
+        if merged and merged[-1][1] == w:
+            merged[-1] = (merged[-1][0] + t, w)
+        elif t:
+            merged.append((t, w))
+    return merged or [("", 1.0)]
+
+
+def tokens_with_weights(tokenizer, text: str) -> tuple[list[int], list[float]]:
+    ids, weights = [], []
+    for part, w in parse_weights(text):
+        part_ids = tokenizer(part, add_special_tokens=False).input_ids
+        ids += part_ids
+        weights += [w] * len(part_ids)
+    return ids, weights
+
+
+def encode(text_encoder, tokenizer, text: str, chunks: int | None = None):
+    """(1, 77 * n_chunks, D) embeddings of one prompt; `chunks` pads to that many chunks."""
+    import torch
+
+    ids, weights = tokens_with_weights(tokenizer, text)
+    size = tokenizer.model_max_length - 2
+    n = max(1, -(-len(ids) // size))
+    if chunks is not None:
+        n = max(n, chunks)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    device = text_encoder.device
+    out = []
+    for c in range(n):
+        cid, cw = ids[c * size:(c + 1) * size], weights[c * size:(c + 1) * size]
+        row = [bos] + cid + [eos] + [pad] * (size - len(cid))
+        wrow = [1.0] + cw + [1.0] * (size + 1 - len(cw))
+        z = text_encoder(torch.tensor([row], device=device))[0]
+        if any(w != 1.0 for w in cw):
+            w = torch.tensor(wrow, device=device, dtype=z.dtype).view(1, -1, 1)
+            before = z.float().mean()
+            z = z * w
+            z = z * (before / z.float().mean()).to(z.dtype)
+        out.append(z)
+    return torch.cat(out, dim=1)
+
+
+def n_chunks(tokenizer, text: str) -> int:
+    ids, _ = tokens_with_weights(tokenizer, text)
+    return max(1, -(-len(ids) // (tokenizer.model_max_length - 2)))
+
+
+def slerp(a, b, t: float):
+    """Spherical interpolation per token vector, norms interpolated linearly (Shoemake 1985)."""
+    import torch
+
+    if t <= 0:
+        return a
+    if t >= 1:
+        return b
+    af, bf = a.float(), b.float()
+    na, nb = af.norm(dim=-1, keepdim=True), bf.norm(dim=-1, keepdim=True)
+    ua, ub = af / na.clamp_min(1e-8), bf / nb.clamp_min(1e-8)
+    dot = (ua * ub).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7)
+    omega = torch.acos(dot)
+    so = torch.sin(omega)
+    direction = (torch.sin((1 - t) * omega) / so) * ua + (torch.sin(t * omega) / so) * ub
+    near = dot > 0.9995  # nearly parallel: linear is exact enough and stable
+    direction = torch.where(near, (1 - t) * ua + t * ub, direction)
+    return (direction * ((1 - t) * na + t * nb)).to(a.dtype)
