@@ -124,3 +124,47 @@ def models_command(schedule_file, flags: dict, as_json: bool = False, echo=print
         echo(f"\nfound in {spec.models_dir}:")
         for role, paths in found.items():
             echo(f"  {role}: " + (", ".join(Path(p).name for p in paths) if paths else "-"))
+
+
+def plan_table(s: Settings, source: str) -> dict:
+    """What `lcmvideo plan` shows, as data."""
+    from .render import windows
+
+    rows = schedule.plan(s)
+    kfs = s.resolved
+    wins = windows(s.frames, s.context.length, s.context.overlap, s.loop)
+    return {
+        "source": source, "frames": s.frames, "interpolation": s.interpolation, "hold": s.hold, "loop": s.loop,
+        "context": {"length": s.context.length, "overlap": s.context.overlap,
+                    "windows": [[w[0], w[-1]] for w in wins]},
+        "keyframes": [{"key": k.key, "frame": k.frame, "prompt": schedule.full_prompt(s, k),
+                       "negative_prompt": schedule.negative_for(s, k), **k.params} for k in kfs],
+        "rows": [{"frame": r.frame, "blend": [{"keyframe": kfs[i].frame, "weight": round(w, 4)} for i, w in r.blend],
+                  "params": {p: round(v, 4) for p, v in r.params.items()}} for r in rows],
+        "warnings": list(s.warnings),
+    }
+
+
+def plan_command(schedule_file: Path, flags: dict, as_json: bool = False, echo=print):
+    s, _ = settings_for(schedule_file, flags)
+    t = plan_table(s, str(schedule_file))
+    if as_json:
+        echo(json.dumps(t, indent=2))
+        return
+    wins = t["context"]["windows"]
+    echo(f"{schedule_file}: {t['frames']} frames, {len(t['keyframes'])} keyframe(s), {t['interpolation']} "
+         f"interpolation, hold {t['hold']:g}{', loop' if t['loop'] else ''}; context {s.context.length} frames, "
+         f"overlap {s.context.overlap} -> {len(wins)} window(s)")
+    for k in t["keyframes"]:
+        echo(f"  frame {k['frame']:>4} (key {k['key']}): {k['prompt']!r}"
+             + (f"  negative: {k['negative_prompt']!r}" if k["negative_prompt"] else ""))
+    names = list(t["rows"][0]["params"])
+    varying = [p for p in names if len({r["params"][p] for r in t["rows"]}) > 1]
+    steady = [f"{p} {t['rows'][0]['params'][p]:g}" for p in names if p not in varying]
+    echo("  constant: " + ", ".join(steady))
+    echo("frame  blend" + " " * 26 + "".join(f"{p:>17}" for p in varying))
+    for r in t["rows"]:
+        blend = " + ".join(f"{b['weight'] * 100:.0f}% @{b['keyframe']}" for b in r["blend"])
+        echo(f"{r['frame']:>5}  {blend:<31}" + "".join(f"{r['params'][p]:>17.3f}" for p in varying))
+    for w in t["warnings"]:
+        echo(f"warning: {w}")

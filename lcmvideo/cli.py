@@ -116,11 +116,16 @@ def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_d
 @click.option("--steps", type=click.IntRange(min=1, max=100), help="LCM steps, 2-8 useful.  [default: 4]")
 @click.option("--guidance", type=click.FloatRange(min=0), help="CFG scale; <= 1 disables CFG.  [default: 1.0]")
 @click.option("--seed", type=click.IntRange(min=0), help="Random seed.  [default: random, printed]")
+@click.option("--context-length", type=click.IntRange(min=2, max=64),
+              help="Frames per motion window for long clips.  [default: 16]")
+@click.option("--context-overlap", type=click.IntRange(min=0, max=63),
+              help="Frames shared by neighbouring windows.  [default: 4]")
 @model_options
 @click.pass_obj
 def render(obj: Ctx, schedule_file, output, fmt, prompt, negative_prompt, frames, width, height, fps, steps,
-           guidance, seed, **model_kw):
-    """Render a clip from a schedule file (YAML/JSON) or a --prompt.
+           guidance, seed, context_length, context_overlap, **model_kw):
+    """Render a clip from a schedule file (YAML/JSON, an animatediff-cli-prompt-travel
+    JSON, or an A1111 prompt-box .txt) or a --prompt.
 
     A render's sidecar JSON (OUTPUT.json) is itself a schedule file: `lcmvideo render clip.mp4.json`
     renders the same frames again.
@@ -129,11 +134,25 @@ def render(obj: Ctx, schedule_file, output, fmt, prompt, negative_prompt, frames
 
     flags = dict(prompt=prompt, negative_prompt=negative_prompt, frames=frames, width=width, height=height,
                  fps=fps, steps=steps, guidance=guidance, seed=seed,
-                 output=str(output) if output else None, format=fmt)
+                 context_length=context_length, context_overlap=context_overlap, output=str(output) if output else None, format=fmt)
     flags.update(model_flags(**model_kw))
     if schedule_file is None and prompt is None:
         raise click.UsageError("give a SCHEDULE_FILE or --prompt")
     app.render_command(schedule_file, flags, obj.say, quiet=obj.quiet, verbose=obj.verbose)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("schedule_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--frames", type=click.IntRange(min=1), help="Clip length in frames (overrides the file).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plan(schedule_file, frames, as_json):
+    """Show the per-frame plan of a schedule: keyframe blends and travelled parameters.
+
+    Loads no model: instant.
+    """
+    from . import app
+
+    app.plan_command(schedule_file, {"frames": frames}, as_json)
 
 
 @cli.command(context_settings=CONTEXT)

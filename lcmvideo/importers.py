@@ -75,7 +75,7 @@ def from_prompt_travel_json(data: dict, where) -> tuple[dict, list[str]]:
     return out, notes
 
 
-def from_prompt_box(text: str, where) -> dict:
+def from_prompt_box(text: str, where) -> tuple[dict, list[str]]:
     """Head lines, then `frame: prompt` lines, then tail lines (sd-webui-animatediff's prompt travel)."""
     head, tail, keyframes = [], [], {}
     for n, raw in enumerate(text.splitlines(), 1):
@@ -98,8 +98,12 @@ def from_prompt_box(text: str, where) -> dict:
             head.append(line)
     if not keyframes:
         raise usage(f"{where.source}: no 'N: prompt' lines found (a prompt-box file needs at least '0: prompt')")
-    clean = [LORA_TAG.sub("", x).strip(" ,") for x in (" ".join(head), " ".join(tail))]
+    clean = [", ".join(c for c in (LORA_TAG.sub("", x).strip(" ,") for x in lines) if c) for lines in (head, tail)]
+    if LORA_TAG.search(text):
+        notes = "<lora:...> tags are not applied from a prompt box; give LoRAs with --lora or models.loras"
+    else:
+        notes = None
     out = {"keyframes": keyframes, "head": clean[0], "tail": clean[1]}
     last = max(int(float(k)) for k in keyframes)
     out["frames"] = max(16, last + 1)
-    return out
+    return out, [f"{where.source}: {notes}"] if notes else []

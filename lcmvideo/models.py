@@ -497,6 +497,7 @@ def _configure_libraries(verbose: bool = False):
     diffusers.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
     transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
     if not verbose:
         import warnings
 

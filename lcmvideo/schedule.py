@@ -516,7 +516,10 @@ def load(path: Path) -> Settings:
     except (OSError, UnicodeDecodeError) as e:
         raise usage(f"{path}: cannot read the schedule file: {e}") from None
     if path.suffix.lower() == ".txt":
-        return from_dict(importers.from_prompt_box(text, where), where, path.parent)
+        data, notes = importers.from_prompt_box(text, where)
+        s = from_dict(data, where, path.parent)
+        s.warnings[:0] = notes
+        return s
     data = _compose(text, where)
     if isinstance(data, dict) and SIDECAR_MARK in data and "settings" in data:
         sub = _Where(str(path))

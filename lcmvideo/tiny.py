@@ -84,9 +84,11 @@ def build(out: Path) -> Path:
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from .models import _configure_libraries
     from .paths import DATA
     from .tokenizer import tokenizer_dir
 
+    _configure_libraries()
     tmp = out.with_name(out.name + f".build{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

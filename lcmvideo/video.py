@@ -1,15 +1,18 @@
 """Reading and writing clips: MP4 (H.264), GIF, PNG folders, atomically, with metadata.
 
-Frames are numpy uint8 RGB (T, H, W, 3). Every output goes to a hidden temp name beside
-the target and is renamed into place only when complete.
+Frames are numpy uint8 RGB (T, H, W, 3). Every output is written under a hidden temp name
+beside the target and renamed into place only when complete, so an interrupted or failed
+write never leaves a half file and never damages the previous output.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,194 +21,324 @@ from .errors import runtime, usage
 
 FORMATS = ("mp4", "gif", "png")
 EXTENSIONS = {".mp4": "mp4", ".gif": "gif"}
+MAX_ARG = 100_000  # Linux caps one argv string at 128 KiB; longer metadata stays in the sidecar only
+_FRAME_NAME = re.compile(r"\d{4,}\.png")
 
 
 def format_for(out: Path, fmt: str | None) -> str:
-    """The output format: `fmt` if given, else from the extension (none or a folder = PNG frames)."""
+    """The output format: `fmt` if given, else from the extension (none, a trailing slash or a folder: PNG)."""
     if fmt:
         if fmt not in FORMATS:
             raise usage(f"--format: '{fmt}' is not one of {', '.join(FORMATS)}")
         return fmt
-    out = Path(out)
-    if str(out).endswith(("/", os.sep)) or out.is_dir() or not out.suffix:
+    if str(out).endswith(("/", os.sep)) or Path(out).is_dir() or not Path(out).suffix:
         return "png"
-    ext = out.suffix.lower()
+    ext = Path(out).suffix.lower()
     if ext not in EXTENSIONS:
-        raise usage(f"{out}: unknown output extension '{ext}'; use .mp4, .gif, or a folder name for PNG frames")
+        raise usage(f"{out}: unknown output extension '{ext}'; use .mp4, .gif, a folder name without "
+                    f"extension for PNG frames, or --format")
     return EXTENSIONS[ext]
 
 
 def sidecar_path(out: Path) -> Path:
-    out = Path(out)
+    """The metadata JSON beside an output: clip.mp4 -> clip.mp4.json, folder frames -> frames.json."""
+    out = Path(out) if Path(out).name else Path(os.path.abspath(out))
     return out.with_name(out.name + ".json")
 
 
 def check_writable(out: Path, fmt: str | None = None) -> None:
-    """Fail before any heavy work if the output cannot be written."""
-    out = Path(out)
-    fmt = fmt or format_for(out, None)
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise usage(f"{out}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise usage(f"{out}: the folder {parent} is not writable")
-    if fmt == "png" and out.exists() and not out.is_dir():
-        raise usage(f"{out}: is a file; PNG frames need a folder name")
+    """Fail with a usage error, before any heavy work, if `out` cannot be written as `fmt`."""
+    fmt = format_for(out, fmt)
+    out = Path(os.path.abspath(out))
+    if not out.parent.is_dir():
+        raise usage(f"{out}: the folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise usage(f"{out}: the folder {out.parent} is not writable")
     if fmt != "png" and out.is_dir():
-        raise usage(f"{out}: is a folder; give a file name ending in .{fmt}")
-
-
-def _check_frames(frames: np.ndarray):
-    if not (isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4
-            and frames.shape[-1] == 3 and frames.shape[0] >= 1):
-        raise ValueError(f"frames must be uint8 (T, H, W, 3) with T >= 1, got "
-                         f"{getattr(frames, 'dtype', type(frames))} {getattr(frames, 'shape', '')}")
-
-
-def _bar(total, quiet):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="encode", disable=quiet, leave=False)
-
-
-def _write_mp4(frames, path: Path, fps: float, comment: str | None, quiet: bool):
-    import imageio_ffmpeg
-
-    t, h, w, _ = frames.shape
-    if h % 2 or w % 2:  # yuv420p needs even sides: pad by repeating the edge
-        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        h, w = frames.shape[1:3]
-    params = ["-movflags", "+faststart", "-crf", "18"]
-    if comment:
-        params += ["-metadata", f"comment={comment}"]
-    writer = imageio_ffmpeg.write_frames(
-        str(path), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1,
-        output_params=params, quality=None, ffmpeg_log_level="error")
-    writer.send(None)
-    bar = _bar(t, quiet)
-    try:
-        for frame in frames:
-            writer.send(np.ascontiguousarray(frame))
-            bar.update()
-    finally:
-        bar.close()
-        writer.close()
-
-
-def _write_gif(frames, path: Path, fps: float, comment: str | None, quiet: bool):
-    from PIL import Image
-
-    # GIF stores centiseconds; Pillow rounds the milliseconds we give it down to 10 ms steps
-    duration = int(round(1000 / fps))
-    images = [Image.fromarray(f) for f in frames]
-    extra = {"comment": comment.encode()} if comment else {}
-    with _bar(len(images), quiet) as bar:
-        images[0].save(path, format="GIF", save_all=True, append_images=images[1:], loop=0, duration=duration,
-                       disposal=1, optimize=False, **extra)
-        bar.update(len(images))
-
-
-def _write_png_dir(frames, folder: Path, comment: str | None, quiet: bool):
-    from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
-
-    folder.mkdir()
-    digits = max(4, len(str(len(frames) - 1)))
-    info = None
-    if comment:
-        info = PngInfo()
-        info.add_text("lcmvideo", comment)
-    with _bar(len(frames), quiet) as bar:
-        for i, f in enumerate(frames):
-            Image.fromarray(f).save(folder / f"{i:0{digits}d}.png", pnginfo=info)
-            bar.update()
+        raise usage(f"{out}: is a folder; give a file name for the {fmt} output")
+    if fmt == "png" and os.path.lexists(out):
+        if not out.is_dir():
+            raise usage(f"{out}: is a file; PNG frames need a folder name")
+        # replacing a folder deletes it: only do that to one that holds nothing but frames
+        other = next((p.name for p in out.iterdir() if not _FRAME_NAME.fullmatch(p.name)), None)
+        if other:
+            raise usage(f"{out}: the folder holds other files than frames (e.g. {other}); "
+                        f"refusing to replace it, give a new folder name")
 
 
 def write(frames: np.ndarray, out: Path, fps: float, fmt: str | None = None, metadata: dict | None = None,
           quiet: bool = True) -> Path:
-    """Write a clip atomically (temp beside the target, then rename), then its sidecar JSON."""
-    _check_frames(frames)
-    out = Path(out)
+    """Write a clip atomically, then its sidecar JSON (if `metadata`); return `out`.
+
+    MP4 is H.264 yuv420p at crf 18 with +faststart; yuv420p needs even sides, so an odd
+    width or height is padded by one repeated edge row/column (nothing is ever rescaled).
+    GIF frame durations are whole centiseconds: 1000/fps ms is rounded per frame so the
+    total stays exact (8 fps: 130, 120, 130, ... ms); faster than 50 fps plays at 50 fps.
+    The metadata goes in the MP4 comment tag, the GIF comment and each PNG's tEXt `lcmvideo`
+    chunk (MP4: only if under MAX_ARG characters, as it travels on ffmpeg's command line).
+    """
+    if not (isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4
+            and frames.shape[-1] == 3 and min(frames.shape[:3]) >= 1):
+        raise ValueError(f"frames must be a uint8 array (T, H, W, 3) with T >= 1, got "
+                         f"{getattr(frames, 'dtype', type(frames).__name__)} {getattr(frames, 'shape', '')}")
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
     fmt = format_for(out, fmt)
-    comment = json.dumps(metadata, separators=(",", ":")) if metadata is not None else None
-    parent = out.resolve().parent
-    suffix = {"mp4": ".mp4", "gif": ".gif", "png": ""}[fmt]
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent)) / f"part{suffix}"
+    check_writable(out, fmt)
+    out = Path(out)
+    # serialise first: a metadata mistake must not cost an encode
+    comment = None if metadata is None else json.dumps(metadata, separators=(",", ":"), default=_json_default)
+    side = None if metadata is None else json.dumps(metadata, indent=2, ensure_ascii=False, default=_json_default)
+
+    tmp = _temp_beside(out, {"mp4": ".mp4", "gif": ".gif", "png": ""}[fmt])
+    from tqdm import tqdm
+
     try:
-        if fmt == "mp4":
-            _write_mp4(frames, tmp, fps, comment, quiet)
-        elif fmt == "gif":
-            _write_gif(frames, tmp, fps, comment, quiet)
-        else:
-            _write_png_dir(frames, tmp, comment, quiet)
-        if fmt == "png" and out.exists():
-            old = tmp.parent / "old"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if metadata is not None:
-            side = tmp.parent / "side.json"
-            side.write_text(json.dumps(metadata, indent=2))
-            os.replace(side, sidecar_path(out))
-    except (OSError, RuntimeError, BrokenPipeError) as e:
-        raise runtime(f"{out}: could not write video: {e}") from None
-    finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        with tqdm(total=len(frames), desc="encode", unit="frame", disable=quiet, leave=False) as bar:
+            {"mp4": _write_mp4, "gif": _write_gif, "png": _write_png_dir}[fmt](frames, tmp, fps, comment, bar)
+        _swap_in(tmp, out)
+    except BaseException as e:  # KeyboardInterrupt too: never leave a temp behind
+        _remove(tmp)
+        if isinstance(e, OSError):
+            raise runtime(f"{out}: could not write video: {_reason(e)}") from e
+        raise
+    if side is not None:
+        _write_text(sidecar_path(out), side + "\n")
     return out
+
+
+def _json_default(o):
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"metadata: a {type(o).__name__} is not JSON-serialisable")
+
+
+def _temp_beside(out: Path, ext: str) -> Path:
+    # not mkstemp/mkdtemp: those create 0600/0700 entries, and the rename would keep that mode
+    out = Path(os.path.abspath(out))
+    return out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp{ext}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _reason(e: OSError) -> str:
+    if isinstance(e, BrokenPipeError) or "Broken pipe" in str(e):
+        return "ffmpeg stopped early (its message, if any, is above)"
+    return e.strerror or str(e).splitlines()[0]
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename `tmp` over `out`; a folder cannot be replaced in one rename, so the old one goes aside first."""
+    if not tmp.is_dir() or not os.path.lexists(out):
+        os.replace(tmp, out)
+        return
+    old = tmp.with_name(tmp.name + ".old")
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    _remove(old)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = _temp_beside(path, ".json")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException as e:
+        _remove(tmp)
+        if isinstance(e, OSError):
+            raise runtime(f"{path}: could not write metadata: {_reason(e)}") from e
+        raise
+
+
+def _write_mp4(frames, path: Path, fps: float, comment: str | None, bar) -> None:
+    from fractions import Fraction
+
+    import imageio_ffmpeg
+
+    t, h, w, _ = frames.shape
+    if h % 2 or w % 2:  # yuv420p stores chroma per 2x2 block: pad by repeating the last row/column
+        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        h, w = frames.shape[1:3]
+    params = ["-crf", "18", "-movflags", "+faststart"]
+    if comment and len(comment) < MAX_ARG:
+        params += ["-metadata", f"comment={comment}"]
+    # macro_block_size=2 is all yuv420p needs; the default 16 would rescale e.g. 72x40 to 80x48
+    writer = imageio_ffmpeg.write_frames(
+        str(path), (w, h), fps=Fraction(fps).limit_denominator(100_000), codec="libx264",
+        pix_fmt_out="yuv420p", quality=None, macro_block_size=2, ffmpeg_log_level="error",
+        output_params=params)
+    try:
+        writer.send(None)
+        for frame in frames:
+            writer.send(np.ascontiguousarray(frame))
+            bar.update()
+    finally:
+        writer.close()  # waits for ffmpeg to finish the file
+    # write_frames never checks ffmpeg's exit status: count what actually landed in the file
+    if _mp4_frame_count(path) != t:
+        raise OSError(f"ffmpeg did not write all {t} frames")
+
+
+def _mp4_frame_count(path: Path) -> int:
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            return c.streams.video[0].frames
+    except (av.FFmpegError, OSError, IndexError):
+        return 0
+
+
+def _gif_durations(n: int, fps: float) -> list[int]:
+    """Per-frame durations in ms, whole centiseconds whose running sum tracks n * 1000/fps."""
+    step = max(100 / fps, 2)  # centiseconds; browsers play delays under 2 cs as 10 cs
+    edges = [math.floor(i * step + 0.5) for i in range(n + 1)]
+    return [10 * (b - a) for a, b in zip(edges, edges[1:])]
+
+
+def _write_gif(frames, path: Path, fps: float, comment: str | None, bar) -> None:
+    from PIL import GifImagePlugin, Image
+
+    # Image.save(save_all=True) merges identical consecutive frames (summing their durations),
+    # so frames are assembled here with Pillow's frame-level helpers: every frame is kept.
+    with open(path, "wb") as fp:
+        for i, (frame, ms) in enumerate(zip(frames, _gif_durations(len(frames), fps))):
+            im = Image.fromarray(frame).convert("P", palette=Image.Palette.ADAPTIVE)  # own palette per frame
+            if i == 0:
+                info = {"loop": 0, **({"comment": comment.encode()} if comment else {})}
+                fp.write(b"".join(GifImagePlugin.getheader(im, info=info)[0]))
+            fp.write(b"".join(GifImagePlugin.getdata(im, duration=ms, disposal=1, include_color_table=True)))
+            bar.update()
+        fp.write(b";")
+
+
+def _write_png_dir(frames, folder: Path, fps: float, comment: str | None, bar) -> None:
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    folder.mkdir()
+    info = PngInfo()
+    if comment:
+        info.add_text("lcmvideo", comment)  # ASCII JSON, as tEXt requires latin-1
+    for name, frame in zip(_frame_names(len(frames)), frames):
+        Image.fromarray(frame).save(folder / name, pnginfo=info)
+        bar.update()
+
+
+def _frame_names(n: int) -> list[str]:
+    """0000.png, 0001.png, ...: 4 digits, more when n > 10000, so names sort in frame order."""
+    digits = max(4, len(str(n - 1)))
+    return [f"{i:0{digits}d}.png" for i in range(n)]
 
 
 def read(path: Path) -> tuple[np.ndarray, float]:
     """Frames (T, H, W, 3) uint8 RGB and fps of an MP4/MOV/WebM/GIF file or a PNG folder."""
     path = Path(path)
-    if path.is_dir():
-        from PIL import Image
+    if not path.exists():
+        raise usage(f"{path}: no such file or folder")
+    try:
+        if path.is_dir():
+            return _read_png_dir(path)
+        if path.suffix.lower() == ".gif":
+            return _read_gif(path)
+        return _read_av(path)
+    except (OSError, ValueError) as e:
+        raise runtime(f"{path}: could not read video: {e}") from e
 
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-        frames = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
-        fps = 8.0
-        side = sidecar_path(path)
-        if side.exists():
-            meta = json.loads(side.read_text())
-            fps = float(meta.get("output", {}).get("fps") or meta.get("fps") or fps)
-        return frames, fps
-    if path.suffix.lower() == ".gif":
-        from PIL import Image, ImageSequence
 
-        with Image.open(path) as im:
-            frames, durations = [], []
-            for f in ImageSequence.Iterator(im):
-                frames.append(np.asarray(f.convert("RGB")))
-                durations.append(f.info.get("duration", 100))
-        return np.stack(frames), 1000.0 / (sum(durations) / len(durations))
+def _read_png_dir(path: Path) -> tuple[np.ndarray, float]:
+    from PIL import Image
+
+    files = sorted((p for p in path.iterdir() if p.suffix.lower() == ".png"),
+                   key=lambda p: (int(p.stem) if p.stem.isdigit() else math.inf, p.name))
+    if not files:
+        raise ValueError("no .png frames in the folder")
+    frames = []
+    for p in files:
+        with Image.open(p) as im:
+            frames.append(np.asarray(im.convert("RGB")))
+    if len({f.shape for f in frames}) > 1:
+        raise ValueError("the frames differ in size")
+    return np.stack(frames), _sidecar_fps(sidecar_path(path)) or 8.0
+
+
+def _sidecar_fps(side: Path) -> float | None:
+    """fps recorded beside a PNG folder: top-level, settings or output "fps"; None if absent or unreadable."""
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+        return float(next(m["fps"] for m in (meta, meta.get("settings"), meta.get("output"))
+                          if isinstance(m, dict) and m.get("fps")))
+    except (OSError, ValueError, TypeError, AttributeError, StopIteration):
+        return None
+
+
+def _read_gif(path: Path) -> tuple[np.ndarray, float]:
+    from PIL import Image, ImageSequence
+
+    frames, ms = [], []
+    with Image.open(path) as im:
+        for f in ImageSequence.Iterator(im):
+            frames.append(np.asarray(f.convert("RGB")))
+            ms.append(f.info.get("duration") or 100)  # a missing or zero delay plays as 100 ms
+    return np.stack(frames), 1000 * len(ms) / sum(ms)
+
+
+def _read_av(path: Path) -> tuple[np.ndarray, float]:
     import av
 
-    with av.open(str(path)) as c:
-        stream = c.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate)
-        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(stream)])
-    return frames, fps
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise ValueError("no video stream")
+            stream = c.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(stream)]
+    except av.FFmpegError as e:
+        raise ValueError(str(e)) from e
+    if not frames:
+        raise ValueError("no frames")
+    return np.stack(frames), float(rate) if rate else 8.0
 
 
 def read_metadata(path: Path) -> dict | None:
-    """The metadata JSON embedded in the container, or None."""
+    """The metadata JSON embedded in the container (MP4 comment, GIF comment, PNG tEXt), or None."""
     path = Path(path)
+    if not path.exists():
+        raise usage(f"{path}: no such file or folder")
+    text = None
     try:
         if path.is_dir():
             from PIL import Image
 
-            first = sorted(path.glob("*.png"))[0]
-            with Image.open(first) as im:
-                text = im.text.get("lcmvideo")
+            first = min((p for p in path.iterdir() if _FRAME_NAME.fullmatch(p.name)), default=None,
+                        key=lambda p: int(p.stem))
+            if first:
+                with Image.open(first) as im:
+                    text = im.text.get("lcmvideo")
         elif path.suffix.lower() == ".gif":
             from PIL import Image
 
             with Image.open(path) as im:
                 text = im.info.get("comment")
-                text = text.decode() if isinstance(text, bytes) else text
         else:
             import av
 
-            with av.open(str(path)) as c:
-                text = c.metadata.get("comment")
+            try:
+                with av.open(str(path)) as c:
+                    text = c.metadata.get("comment")
+            except av.FFmpegError:
+                return None
         return json.loads(text) if text else None
-    except (OSError, IndexError, ValueError):
+    except (OSError, ValueError):  # unreadable container or a comment that is not ours
         return None
