@@ -168,3 +168,26 @@ def plan_command(schedule_file: Path, flags: dict, as_json: bool = False, echo=p
         echo(f"{r['frame']:>5}  {blend:<31}" + "".join(f"{r['params'][p]:>17.3f}" for p in varying))
     for w in t["warnings"]:
         echo(f"warning: {w}")
+
+
+def convert_command(source: Path, output: Path | None, echo=print):
+    import yaml
+
+    s = schedule.load(source)
+    d, defaults = s.to_dict(), Settings().to_dict()
+    for k in list(d):  # keep the file short: only what differs from the defaults
+        if d[k] == defaults[k]:
+            d.pop(k)
+    text = yaml.safe_dump(d, sort_keys=False, allow_unicode=True, width=100)
+    for w in s.warnings:
+        echo(f"note: {w}", err=True)
+    if output is None:
+        echo(text, nl=False)
+        return
+    from .errors import usage
+    from .video import write_text
+
+    if not Path(output).resolve().parent.is_dir():
+        raise usage(f"{output}: the folder {Path(output).resolve().parent} does not exist")
+    write_text(output, text)
+    echo(f"wrote {output}", err=True)

@@ -38,6 +38,12 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("lcmvideo: interrupted", err=True)
             ctx.exit(130)
+        except BrokenPipeError:  # `lcmvideo plan x.yaml | head`: the reader left, nothing is wrong
+            import os
+            import sys
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(0)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as e:  # noqa: BLE001 - last resort: one line unless -vv
@@ -153,6 +159,20 @@ def plan(schedule_file, frames, as_json):
     from . import app
 
     app.plan_command(schedule_file, {"frames": frames}, as_json)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the lcmvideo YAML.  [default: stdout]")
+def convert(source, output):
+    """Turn an animatediff-cli-prompt-travel JSON or an A1111 prompt-box .txt into an lcmvideo schedule.
+
+    Prints what could not be carried over. `render` also reads these files directly.
+    """
+    from . import app
+
+    app.convert_command(source, output, click.echo)
 
 
 @cli.command(context_settings=CONTEXT)

@@ -27,6 +27,9 @@ def resolve_settings(s: Settings, models: Models) -> Settings:
     return s
 
 
+BATCH_FRAMES = 32  # context windows run together in one UNet call up to this many frames
+
+
 def windows(frames: int, length: int, overlap: int, loop: bool = False) -> list[list[int]]:
     """Overlapping runs of frame indices covering the clip; the last one ends on the last frame.
 
@@ -116,21 +119,29 @@ def denoise(models: Models, cond, uncond, guidance, s: Settings, quiet: bool = T
         else:
             noise = torch.zeros_like(latents)
             total = torch.zeros(s.frames, device=device, dtype=latents.dtype)
-            for win in wins:
+            for group in _groups(wins, 1 if travel else max(1, BATCH_FRAMES // len(wins[0]))):
                 if travel:
-                    set_lora_weights(models, travel, win)
-                w = window_weights(len(win)).to(device, latents.dtype)
-                idx = torch.tensor(win, device=device)
-                out = _predict(unet, sched, latents[:, :, idx], t, cond[idx], None if uncond is None else uncond[idx],
-                               g[:, :, idx] if cfg else g)
-                noise[:, :, idx] += out * w.view(1, 1, -1, 1, 1)
-                total[idx] += w
-                bar.update()
+                    set_lora_weights(models, travel, group[0])
+                idx = [torch.tensor(win, device=device) for win in group]
+                x = torch.cat([latents[:, :, i] for i in idx])
+                c = torch.cat([cond[i] for i in idx])
+                u = torch.cat([uncond[i] for i in idx]) if cfg else None
+                gg = torch.cat([g[:, :, i] for i in idx]) if cfg else g
+                out = _predict(unet, sched, x, t, c, u, gg)
+                for k, (win, i) in enumerate(zip(group, idx)):
+                    w = window_weights(len(win)).to(device, latents.dtype)
+                    noise[:, :, i] += out[k:k + 1] * w.view(1, 1, -1, 1, 1)
+                    total[i] += w
+                bar.update(len(group))
             noise /= total.view(1, 1, -1, 1, 1)
         latents = sched.step(noise, t, latents, generator=generator).prev_sample
     bar.close()
     # LCM's result is the denoised estimate of the last step
     return latents
+
+
+def _groups(wins: list, n: int) -> list:
+    return [wins[i:i + n] for i in range(0, len(wins), n)]
 
 
 def _predict(unet, sched, x, t, cond, uncond, g):

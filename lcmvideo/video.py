@@ -103,7 +103,7 @@ def write(frames: np.ndarray, out: Path, fps: float, fmt: str | None = None, met
             raise runtime(f"{out}: could not write video: {_reason(e)}") from e
         raise
     if side is not None:
-        _write_text(sidecar_path(out), side + "\n")
+        write_text(sidecar_path(out), side + "\n")
     return out
 
 
@@ -149,7 +149,8 @@ def _swap_in(tmp: Path, out: Path) -> None:
     _remove(old)
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Write a small text file atomically."""
     tmp = _temp_beside(path, ".json")
     try:
         tmp.write_text(text, encoding="utf-8")

@@ -195,7 +195,7 @@ def test_long_clips_render_in_windows(tiny_models, frames):
     assert out.shape == (frames, 64, 64, 3)
     lengths = {c[0][0].shape[2] for c in spy.calls}
     assert lengths == {16}  # the motion module never sees more than its context
-    assert len(spy.calls) == len(render.windows(frames, 16, 4))
+    assert sum(c[0][0].shape[0] for c in spy.calls) == len(render.windows(frames, 16, 4))  # windows batched
 
 
 def test_windows_cover_every_frame():
@@ -318,3 +318,37 @@ def test_any_text_file_gives_settings_or_a_clean_error(text):
         schedule.from_text(text, "h.yaml")
     except LcmvideoError as e:
         assert e.exit_code == 2
+
+
+def test_convert_writes_a_schedule_that_plans_the_same(tmp_path):
+    from click.testing import CliRunner
+
+    from lcmvideo.cli import cli
+
+    src = tmp_path / "pt.json"
+    src.write_text(json.dumps({"seed": [5], "steps": 6, "head_prompt": "hq", "prompt_map": {"0": "a", "16": "b"},
+                               "scheduler": "ddim"}))
+    out = tmp_path / "s.yaml"
+    r = CliRunner().invoke(cli, ["convert", str(src), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "scheduler 'ddim' not carried over" in r.stderr
+    a, b = schedule.load(src), schedule.load(out)
+    assert [(k.frame, schedule.full_prompt(a, k)) for k in a.resolved] == [
+        (k.frame, schedule.full_prompt(b, k)) for k in b.resolved] == [(0, "hq, a"), (16, "hq, b")]
+    assert (b.seed, b.steps, b.frames) == (5, 6, 32)
+    assert "context" not in out.read_text()  # defaults are left out
+
+
+def test_plan_text_output(tmp_path):
+    from click.testing import CliRunner
+
+    from lcmvideo.cli import cli
+
+    f = tmp_path / "t.yaml"
+    f.write_text("frames: 5\nsteps: 12\nkeyframes: {0: a, 4: {prompt: b, guidance: 2}}\n")
+    r = CliRunner().invoke(cli, ["plan", str(f)])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert "5 frames, 2 keyframe(s)" in lines[0]
+    assert any(l.split()[:1] == ["2"] and "50% @0 + 50% @4" in l and l.rstrip().endswith("1.500") for l in lines)
+    assert "12 steps is outside LCM's useful range" in r.stdout
