@@ -128,6 +128,7 @@ def models_command(schedule_file, flags: dict, as_json: bool = False, echo=print
 
 def plan_table(s: Settings, source: str) -> dict:
     """What `lcmvideo plan` shows, as data."""
+    from . import control
     from .render import windows
 
     rows = schedule.plan(s)
@@ -141,6 +142,8 @@ def plan_table(s: Settings, source: str) -> dict:
                        "negative_prompt": schedule.negative_for(s, k), **k.params} for k in kfs],
         "rows": [{"frame": r.frame, "blend": [{"keyframe": kfs[i].frame, "weight": round(w, 4)} for i, w in r.blend],
                   "params": {p: round(v, 4) for p, v in r.params.items()}} for r in rows],
+        "controlnet": [{"model": c.model or "embedded", "source": c.source[1], "scale": c.scale,
+                        "frames": control.assignment(c, s.frames)} for c in s.controlnet],
         "warnings": list(s.warnings),
     }
 
@@ -162,10 +165,15 @@ def plan_command(schedule_file: Path, flags: dict, as_json: bool = False, echo=p
     varying = [p for p in names if len({r["params"][p] for r in t["rows"]}) > 1]
     steady = [f"{p} {t['rows'][0]['params'][p]:g}" for p in names if p not in varying]
     echo("  constant: " + ", ".join(steady))
-    echo("frame  blend" + " " * 26 + "".join(f"{p:>17}" for p in varying))
+    cns = t["controlnet"]
+    for i, c in enumerate(cns):
+        echo(f"  controlnet {i}: {c['model']} x{c['scale']:g}, from {c['source']}")
+    echo("frame  blend" + " " * 26 + "".join(f"{p:>17}" for p in varying)
+         + "".join(f"  {'control ' + str(i):<18}" for i in range(len(cns))))
     for r in t["rows"]:
         blend = " + ".join(f"{b['weight'] * 100:.0f}% @{b['keyframe']}" for b in r["blend"])
-        echo(f"{r['frame']:>5}  {blend:<31}" + "".join(f"{r['params'][p]:>17.3f}" for p in varying))
+        echo(f"{r['frame']:>5}  {blend:<31}" + "".join(f"{r['params'][p]:>17.3f}" for p in varying)
+             + "".join(f"  {c['frames'][r['frame']] or '-':<18}" for c in cns))
     for w in t["warnings"]:
         echo(f"warning: {w}")
 

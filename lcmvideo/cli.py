@@ -122,6 +122,11 @@ def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_d
 @click.option("--steps", type=click.IntRange(min=1, max=100), help="LCM steps, 2-8 useful.  [default: 4]")
 @click.option("--guidance", type=click.FloatRange(min=0), help="CFG scale; <= 1 disables CFG.  [default: 1.0]")
 @click.option("--seed", type=click.IntRange(min=0), help="Random seed.  [default: random, printed]")
+@click.option("--controlnet", "controlnets", nargs=2, multiple=True, metavar="MODEL SOURCE",
+              help="A ControlNet and its conditioning: a folder of numbered images or OpenPose JSON, an image, "
+                   "or a video; MODEL 'embedded' with the embedded base. Repeatable; replaces the file's.")
+@click.option("--controlnet-scale", type=click.FloatRange(min=0, max=5),
+              help="Scale of all ControlNets (travels per keyframe as controlnet_scale).  [default: 1.0]")
 @click.option("--context-length", type=click.IntRange(min=2, max=64),
               help="Frames per motion window for long clips.  [default: 16]")
 @click.option("--context-overlap", type=click.IntRange(min=0, max=63),
@@ -129,18 +134,20 @@ def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_d
 @model_options
 @click.pass_obj
 def render(obj: Ctx, schedule_file, output, fmt, prompt, negative_prompt, frames, width, height, fps, steps,
-           guidance, seed, context_length, context_overlap, **model_kw):
+           guidance, seed, controlnets, controlnet_scale, context_length, context_overlap, **model_kw):
     """Render a clip from a schedule file (YAML/JSON, an animatediff-cli-prompt-travel
     JSON, or an A1111 prompt-box .txt) or a --prompt.
 
     A render's sidecar JSON (OUTPUT.json) is itself a schedule file: `lcmvideo render clip.mp4.json`
     renders the same frames again.
     """
-    from . import app
+    from . import app, control
 
     flags = dict(prompt=prompt, negative_prompt=negative_prompt, frames=frames, width=width, height=height,
                  fps=fps, steps=steps, guidance=guidance, seed=seed,
-                 context_length=context_length, context_overlap=context_overlap, output=str(output) if output else None, format=fmt)
+                 context_length=context_length, context_overlap=context_overlap,
+                 controlnet=tuple(control.from_flag(m, src) for m, src in controlnets),
+                 controlnet_scale=controlnet_scale, output=str(output) if output else None, format=fmt)
     flags.update(model_flags(**model_kw))
     if schedule_file is None and prompt is None:
         raise click.UsageError("give a SCHEDULE_FILE or --prompt")
@@ -185,6 +192,28 @@ def models(obj: Ctx, schedule_file, as_json, **model_kw):
     from . import app
 
     app.models_command(schedule_file, model_flags(**model_kw), as_json)
+
+
+@cli.group(context_settings=CONTEXT)
+def pose():
+    """OpenPose skeletons for ControlNet."""
+
+
+@pose.command("extract", context_settings=CONTEXT)
+@click.argument("video_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for 0000.png skeleton images and 0000.json OpenPose keypoints.")
+@click.pass_obj
+def pose_extract(obj: Ctx, video_file, output):
+    """Extract the pose of a person from a video (needs: pip install 'lcmvideo[pose]')."""
+    from . import pose as pose_mod
+    from . import video
+
+    if not video_file.is_file():
+        raise LcmvideoError(f"{video_file}: no such video")
+    frames, _ = video.read(video_file)
+    n = pose_mod.extract_to_folder(frames, output, quiet=obj.quiet)
+    obj.say(f"wrote {n} skeletons to {output}")
 
 
 def main(argv=None):

@@ -292,12 +292,14 @@ def _find(role: str, given: str, flag: str, models_dir: Path | None, found: dict
     raise usage(f"{flag}: '{given}' is not a file, a folder, a model in the Hugging Face cache{where}")
 
 
-EXPECTED = {"base": "base", "motion": "motion", "lcm_lora": "lora", "lora": "lora"}
-FLAGS = {"base": "--model", "motion": "--motion", "lcm_lora": "--lcm-lora", "lora": "--lora"}
+EXPECTED = {"base": "base", "motion": "motion", "lcm_lora": "lora", "lora": "lora", "controlnet": "controlnet"}
+FLAGS = {"base": "--model", "motion": "--motion", "lcm_lora": "--lcm-lora", "lora": "--lora",
+         "controlnet": "--controlnet"}
+CONTROLNET_SD15_CONFIG = DATA / "controlnet_sd15"
 
 
-def _ref(role: str, given: str, source: str, models_dir, found, weight=1.0) -> ModelRef:
-    flag = FLAGS[role] if source == "flag" else f"models.{'loras' if role == 'lora' else role}"
+def _ref(role: str, given: str, source: str, models_dir, found, weight=1.0, flag=None) -> ModelRef:
+    flag = flag or (FLAGS[role] if source == "flag" else f"models.{'loras' if role == 'lora' else role}")
     path = _find(role, given, flag, models_dir, found)
     s = sniff(path)
     want = EXPECTED[role]
@@ -408,6 +410,19 @@ def pick_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
     return device, dtype
 
 
+def resolve_controlnet(given: str | None, spec: ModelSpec, flag: str, source: str = "schedule") -> ModelRef:
+    """A ControlNet model; with the embedded base and none named, the embedded tiny ControlNet."""
+    if given is None or given.lower() in ("embedded", "default"):
+        if not spec.embedded:
+            raise usage(f"{flag}: name a ControlNet model (e.g. control_v11p_sd15_openpose.safetensors); "
+                        "the embedded one fits only the embedded base model")
+        from . import tiny
+
+        return ModelRef("controlnet", None, "embedded default", sniff(tiny.ensure() / "controlnet"))
+    found = discover(spec.models_dir) if spec.models_dir else {}
+    return _ref("controlnet", given, source, spec.models_dir, found, flag=flag)
+
+
 # ---------------------------------------------------------------- hashes for the sidecar
 
 
@@ -471,6 +486,21 @@ class Models:
     pipe: object  # diffusers.AnimateDiffPipeline
     max_frames: int  # the motion module's window
     adapters: dict = field(default_factory=dict)  # plan parameter -> peft adapter name, when not fused
+    controlnets: dict = field(default_factory=dict)  # path -> loaded ControlNetModel, loaded on first use
+
+    def controlnet(self, ref: ModelRef):
+        """A ControlNet on the pipeline's device and dtype, loaded once per path."""
+        key = str(ref.path)
+        if key not in self.controlnets:
+            unet = self.pipe.unet
+            cn = _load_controlnet(ref, unet.dtype)
+            if tuple(cn.config.block_out_channels) != tuple(unet.config.block_out_channels) or \
+                    cn.config.cross_attention_dim != unet.config.cross_attention_dim:
+                raise usage(f"{ref.path}: a ControlNet for a UNet with channels {tuple(cn.config.block_out_channels)} "
+                            f"and cross-attention {cn.config.cross_attention_dim}; the base model has "
+                            f"{tuple(unet.config.block_out_channels)} and {unet.config.cross_attention_dim}")
+            self.controlnets[key] = cn.to(self.spec.device).eval()
+        return self.controlnets[key]
 
     @property
     def native_size(self) -> int:
@@ -570,6 +600,37 @@ def motion_config_from_original(sd: dict) -> dict:
         motion_max_seq_length=pe[0].shape[1] if pe else 32,
         use_motion_mid_block=any(k.startswith("mid_block.") for k in sd),
     )
+
+
+def _controlnet_config_dir(channels: int, path: Path) -> Path:
+    from . import tiny
+
+    for candidate in (CONTROLNET_SD15_CONFIG, tiny.ensure() / "controlnet"):
+        if _read_json(candidate / "config.json")["block_out_channels"][0] == channels:
+            return candidate
+    raise usage(f"{path}: a ControlNet with {channels} base channels; only SD1.5's (320) is supported")
+
+
+def _load_controlnet(ref: ModelRef, dtype):
+    from diffusers import ControlNetModel
+
+    path = ref.path
+    try:
+        if path.is_dir():
+            return ControlNetModel.from_pretrained(path, torch_dtype=dtype, local_files_only=True,
+                                                   variant=_variant(path))
+        sd = load_state_dict(path)
+        if ref.sniffed.layout == "ldm":
+            config = _controlnet_config_dir(sd["control_model.input_blocks.0.0.weight"].shape[0], path)
+            return ControlNetModel.from_single_file(sd, config=str(config), local_files_only=True, torch_dtype=dtype)
+        config = _controlnet_config_dir(sd["conv_in.weight"].shape[0], path)
+        cn = ControlNetModel.from_config(_read_json(config / "config.json"))
+        missing, unexpected = cn.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise usage(f"{path}: does not match the ControlNet layout ({(missing or unexpected)[0]})")
+        return cn.to(dtype)
+    except (OSError, KeyError) as e:
+        raise runtime(f"{path}: could not load the ControlNet ({str(e).splitlines()[0]})") from None
 
 
 def _load_motion(ref: ModelRef, dtype):

@@ -9,6 +9,7 @@ With one window and one prompt it computes exactly what the diffusers pipeline c
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -91,8 +92,24 @@ def conditioning(models: Models, s: Settings, rows: list[FrameRow]):
     return cond, uncond, guidance
 
 
-def denoise(models: Models, cond, uncond, guidance, s: Settings, quiet: bool = True, rows=None):
-    """LCM sampling of (1, C, T, h, w) latents; cond/uncond are per-frame embeddings (T, 77, D)."""
+@dataclass
+class Control:
+    """One ControlNet with its conditioning for the whole clip."""
+
+    net: object  # diffusers ControlNetModel
+    images: object  # (T, 3, H, W) float in [0, 1] on the device
+    scale: object  # (T,) per-frame conditioning scale (0 where a frame has no image)
+    start: float = 0.0
+    end: float = 1.0
+
+    def active(self, i: int, steps: int) -> bool:
+        """diffusers' control_guidance_start/end rule."""
+        return not (i / steps < self.start or (i + 1) / steps > self.end)
+
+
+def denoise(models: Models, cond, uncond, guidance, s: Settings, quiet: bool = True, rows=None,
+            controls: list[Control] | None = None):
+    """LCM sampling of (1, C, T, h, w) latents; cond/uncond are per-frame embeddings (T, L, D)."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
     from tqdm import tqdm
@@ -109,30 +126,31 @@ def denoise(models: Models, cond, uncond, guidance, s: Settings, quiet: bool = T
     travel = lora_travel(models, rows) if rows else None
     cfg = uncond is not None
     g = torch.as_tensor(guidance, dtype=cond.dtype, device=device).view(1, 1, -1, 1, 1)
-    bar = tqdm(total=len(sched.timesteps) * len(wins), desc="denoise", disable=quiet, leave=False)
-    for t in sched.timesteps:
-        if len(wins) == 1:
+    steps = len(sched.timesteps)
+    per_call = 1 if travel else max(1, BATCH_FRAMES // len(wins[0]))
+    bar = tqdm(total=steps * len(wins), desc="denoise", disable=quiet, leave=False)
+    for step, t in enumerate(sched.timesteps):
+        active = [c for c in controls or () if c.active(step, steps)]
+        noise = torch.zeros_like(latents)
+        total = torch.zeros(s.frames, device=device, dtype=latents.dtype)
+        for group in _groups(wins, per_call):
             if travel:
-                set_lora_weights(models, travel, wins[0])
-            noise = _predict(unet, sched, latents, t, cond, uncond, g)
-            bar.update()
-        else:
-            noise = torch.zeros_like(latents)
-            total = torch.zeros(s.frames, device=device, dtype=latents.dtype)
-            for group in _groups(wins, 1 if travel else max(1, BATCH_FRAMES // len(wins[0]))):
-                if travel:
-                    set_lora_weights(models, travel, group[0])
-                idx = [torch.tensor(win, device=device) for win in group]
-                x = torch.cat([latents[:, :, i] for i in idx])
-                c = torch.cat([cond[i] for i in idx])
-                u = torch.cat([uncond[i] for i in idx]) if cfg else None
-                gg = torch.cat([g[:, :, i] for i in idx]) if cfg else g
-                out = _predict(unet, sched, x, t, c, u, gg)
+                set_lora_weights(models, travel, group[0])
+            idx = [torch.tensor(win, device=device) for win in group]
+            x = torch.cat([latents[:, :, i] for i in idx])
+            c = torch.cat([cond[i] for i in idx])
+            u = torch.cat([uncond[i] for i in idx]) if cfg else None
+            gg = torch.cat([g[:, :, i] for i in idx]) if cfg else g
+            out = _predict(unet, sched, x, t, c, u, gg, active, idx)
+            if len(wins) == 1:
+                noise = out
+            else:
                 for k, (win, i) in enumerate(zip(group, idx)):
                     w = window_weights(len(win)).to(device, latents.dtype)
                     noise[:, :, i] += out[k:k + 1] * w.view(1, 1, -1, 1, 1)
                     total[i] += w
-                bar.update(len(group))
+            bar.update(len(group))
+        if len(wins) > 1:
             noise /= total.view(1, 1, -1, 1, 1)
         latents = sched.step(noise, t, latents, generator=generator).prev_sample
     bar.close()
@@ -144,17 +162,55 @@ def _groups(wins: list, n: int) -> list:
     return [wins[i:i + n] for i in range(0, len(wins), n)]
 
 
-def _predict(unet, sched, x, t, cond, uncond, g):
+def _predict(unet, sched, x, t, cond, uncond, g, controls=(), idx=()):
+    """Noise prediction for a batch of windows x (n, C, L, h, w), with CFG and ControlNet residuals."""
     import torch
 
     x_in = torch.cat([x, x]) if uncond is not None else x
     x_in = sched.scale_model_input(x_in, t)
     ehs = torch.cat([uncond, cond]) if uncond is not None else cond
-    out = unet(x_in, t, encoder_hidden_states=ehs).sample
+    extra = {}
+    if controls:
+        # ControlNets see frames as a flat batch, in the UNet's (batch, frame) order
+        n, ch, length, h, w = x_in.shape
+        flat = x_in.transpose(1, 2).reshape(n * length, ch, h, w)
+        down, mid = None, None
+        for c in controls:
+            image = torch.cat([c.images[i] for i in idx])
+            scale = torch.cat([c.scale[i] for i in idx])
+            if uncond is not None:
+                image, scale = torch.cat([image, image]), torch.cat([scale, scale])
+            d, m = c.net(flat, t, encoder_hidden_states=ehs, controlnet_cond=image, conditioning_scale=1.0,
+                         return_dict=False)
+            sv = scale.view(-1, 1, 1, 1).to(flat.dtype)
+            d, m = [r * sv for r in d], m * sv
+            down = d if down is None else [a + b for a, b in zip(down, d)]
+            mid = m if mid is None else mid + m
+        extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+    out = unet(x_in, t, encoder_hidden_states=ehs, **extra).sample
     if uncond is None:
         return out
     u, c = out.chunk(2)
     return u + g * (c - u)
+
+
+def prepare_controls(models: Models, s: Settings, rows: list[FrameRow]) -> list[Control]:
+    """Load each ControlNet (once per path) and its conditioning images for this clip."""
+    import torch
+
+    from . import control
+    from .models import resolve_controlnet
+
+    out = []
+    dtype, device = models.pipe.unet.dtype, models.spec.device
+    for i, spec in enumerate(s.controlnet):
+        ref = resolve_controlnet(spec.model, models.spec, f"controlnet[{i}].model")
+        net = models.controlnet(ref)
+        images, present = control.load(spec, s.frames, s.width, s.height)
+        scale = [spec.scale * r.params["controlnet_scale"] * float(p) for r, p in zip(rows, present)]
+        out.append(Control(net, torch.from_numpy(images).to(device).permute(0, 3, 1, 2).to(dtype) / 255.0,
+                           torch.tensor(scale, device=device, dtype=dtype), spec.start, spec.end))
+    return out
 
 
 def lora_travel(models: Models, rows: list[FrameRow]) -> dict | None:
@@ -183,7 +239,8 @@ def render(models: Models, s: Settings, quiet: bool = True) -> np.ndarray:
     try:
         with torch.inference_mode():
             cond, uncond, guidance = conditioning(models, s, rows)
-            latents = denoise(models, cond, uncond, guidance, s, quiet, rows)
+            controls = prepare_controls(models, s, rows)
+            latents = denoise(models, cond, uncond, guidance, s, quiet, rows, controls)
             return decode(models.pipe, latents, quiet)
     except torch.OutOfMemoryError:
         raise runtime(f"out of memory rendering {s.frames} frames at {s.width}x{s.height} on {device}; "

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .control import FITS, SOURCE_KEYS, ControlSpec
 from .errors import usage
 
 TRAVEL = ("guidance", "lcm_lora_scale", "controlnet_scale", "strength")  # per-keyframe numeric parameters
@@ -79,6 +80,7 @@ class Settings:
     strength: float = 0.5  # img2img strength for restyling (travels per keyframe)
     seed: int | None = None  # None = a random seed, printed and recorded
     models: ModelPaths = field(default_factory=ModelPaths)
+    controlnet: list[ControlSpec] = field(default_factory=list)  # ControlNets with their conditioning
     output: str | None = None  # .mp4, .gif or a folder for PNG frames
     format: str | None = None  # mp4 | gif | png; None = from the output's extension
     resolved: list[Keyframe] = field(default_factory=list, repr=False)  # keyframes by frame, after finish()
@@ -274,6 +276,41 @@ def parse_lora(text: str, error=None) -> LoraRef:
     return LoraRef(text, 1.0)
 
 
+def _control(d, path, where, base_dir: Path | None) -> ControlSpec:
+    if not isinstance(d, dict):
+        raise where(path, f"expected a mapping with a model and a source, got {d!r}")
+    _check_keys(d, {f.name for f in fields(ControlSpec)}, path, where)
+    c = ControlSpec()
+    given = [k for k in SOURCE_KEYS if d.get(k) is not None]
+    if len(given) != 1:
+        raise where(path, f"needs exactly one source of {', '.join(SOURCE_KEYS)}; got "
+                          f"{', '.join(given) if given else 'none'}")
+    for k in ("model", *SOURCE_KEYS):
+        v = _str(d.get(k), path + (k,), where, optional=True)
+        if v is not None and base_dir is not None:  # relative to the file, as models are
+            q = Path(v).expanduser()
+            if not q.is_absolute() and (k != "model" or (base_dir / q).exists()):
+                v = str((base_dir / q).resolve())
+        setattr(c, k, v)
+    for k, lo, hi in (("scale", 0.0, 5.0), ("start", 0.0, 1.0), ("end", 0.0, 1.0)):
+        if k in d:
+            setattr(c, k, _num(d[k], path + (k,), where, lo=lo, hi=hi))
+    if c.start >= c.end:
+        raise where(path + ("end",), f"must be greater than start ({c.start}), got {c.end}")
+    for k, options in (("missing", ("none", "nearest")), ("fit", FITS), ("count", ("error", "stretch"))):
+        if k in d:
+            v = _str(d[k], path + (k,), where)
+            if v not in options:
+                raise where(path + (k,), f"expected one of {', '.join(options)}, got {v!r}")
+            setattr(c, k, v)
+    if d.get("size") is not None:
+        v = d["size"]
+        if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v)):
+            raise where(path + ("size",), f"expected [width, height] in pixels, got {v!r}")
+        c.size = v
+    return c
+
+
 def _keyframe_value(v, path, where) -> dict:
     """A keyframe's value: a prompt, or a mapping with a prompt and travelled parameters."""
     if isinstance(v, str):
@@ -346,6 +383,14 @@ def from_dict(d: Any, where: _Where, base_dir: Path | None = None) -> Settings:
         s.seed = _num(d["seed"], ("seed",), where, int, lo=0, hi=2**63 - 1, what="a whole number")
     if "models" in d:
         s.models = _models(d["models"], ("models",), where, base_dir)
+    if "controlnet" in d:
+        c = d["controlnet"]
+        items = [c] if isinstance(c, dict) else c
+        if not isinstance(items, list):
+            raise where(("controlnet",), "expected a mapping or a list of mappings")
+        for i, item in enumerate(items):
+            s.controlnet.append(_control(item, ("controlnet", Index(i)) if isinstance(c, list) else ("controlnet",),
+                                         where, base_dir))
     if "output" in d:
         s.output = _str(d["output"], ("output",), where, optional=True)
         if s.output and base_dir is not None and not Path(s.output).expanduser().is_absolute():
@@ -556,6 +601,8 @@ def apply_overrides(s: Settings, **flags) -> Settings:
             setattr(s.models, k, list(v) if k == "loras" else v)
         elif k in ("context_length", "context_overlap"):
             setattr(s.context, k.split("_")[1], v)
+        elif k == "controlnet":
+            s.controlnet = list(v)
         else:
             setattr(s, k, v)
     return finish(s)

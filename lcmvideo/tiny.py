@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .paths import cache_dir
 
-VERSION = "tiny-v1"  # bump when any config or the build recipe changes
+VERSION = "tiny-v2"  # bump when any config or the build recipe changes
 SEED = 20261122
 
 UNET = dict(
@@ -110,8 +110,15 @@ def build(out: Path) -> Path:
                 p.normal_(0, 0.02)
     adapter.save_pretrained(tmp / "motion_adapter")
     torch.manual_seed(SEED + 4)
-    ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 16, 32, 32)).save_pretrained(
-        tmp / "controlnet")
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 16, 32, 32))
+    with torch.no_grad():  # zero-initialised outputs would make an untrained ControlNet a no-op
+        for name, p in controlnet.named_parameters():
+            if name.startswith("controlnet_cond_embedding") and p.ndim == 4:
+                torch.nn.init.kaiming_normal_(p)  # keep the image's signal alive through the small convs
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block")):
+                p.normal_(0, 0.05)
+        controlnet.controlnet_cond_embedding.conv_out.weight.normal_(0, 0.1)
+    controlnet.save_pretrained(tmp / "controlnet")
 
     torch.manual_seed(SEED + 5)
     unet.add_adapter(LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, target_modules=LORA_TARGETS, init_lora_weights=False))

@@ -26,28 +26,35 @@ def _move(src: dict, dst: dict, d_prefix: str, l_prefix: str, renames=()):
         dst[l_prefix + "." + rest] = src.pop(k)
 
 
-def unet_to_ldm(sd: dict, config: dict) -> dict:
-    sd, out = dict(sd), {}
+def _down_and_mid(sd: dict, out: dict, config: dict):
+    """The part of the LDM layout a UNet and a ControlNet share: time embedding, input and middle blocks."""
     layers = config["layers_per_block"]
     n = len(config["block_out_channels"])
-    down_attn = ["CrossAttn" in t for t in config["down_block_types"]]
-    up_attn = ["CrossAttn" in t for t in config["up_block_types"]]
+    attn = ["CrossAttn" in t for t in config["down_block_types"]]
     _move(sd, out, "time_embedding.linear_1", "time_embed.0")
     _move(sd, out, "time_embedding.linear_2", "time_embed.2")
     _move(sd, out, "conv_in", "input_blocks.0.0")
-    _move(sd, out, "conv_norm_out", "out.0")
-    _move(sd, out, "conv_out", "out.2")
     for i in range(n):
         for j in range(layers):
             b = 1 + i * (layers + 1) + j
             _move(sd, out, f"down_blocks.{i}.resnets.{j}", f"input_blocks.{b}.0", RESNET)
-            if down_attn[i]:
+            if attn[i]:
                 _move(sd, out, f"down_blocks.{i}.attentions.{j}", f"input_blocks.{b}.1")
         if i < n - 1:
             _move(sd, out, f"down_blocks.{i}.downsamplers.0.conv", f"input_blocks.{1 + i * (layers + 1) + layers}.0.op")
     _move(sd, out, "mid_block.resnets.0", "middle_block.0", RESNET)
     _move(sd, out, "mid_block.attentions.0", "middle_block.1")
     _move(sd, out, "mid_block.resnets.1", "middle_block.2", RESNET)
+
+
+def unet_to_ldm(sd: dict, config: dict) -> dict:
+    sd, out = dict(sd), {}
+    layers = config["layers_per_block"]
+    n = len(config["block_out_channels"])
+    up_attn = ["CrossAttn" in t for t in config["up_block_types"]]
+    _down_and_mid(sd, out, config)
+    _move(sd, out, "conv_norm_out", "out.0")
+    _move(sd, out, "conv_out", "out.2")
     for i in range(n):
         for j in range(layers + 1):
             b = i * (layers + 1) + j
@@ -186,3 +193,27 @@ def make_hf_cache(cache_root: Path, repo_id: str, src_dir: Path) -> Path:
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return snap
+
+
+def controlnet_to_ldm(sd: dict, config: dict) -> dict:
+    """diffusers ControlNetModel -> the original layout of control_v11p_sd15_*.pth (control_model.*)."""
+    sd, out = dict(sd), {}
+    _down_and_mid(sd, out, config)
+    for k in [k for k in sd if k.startswith("controlnet_down_blocks.")]:
+        idx, leaf = k.split(".")[1], k.split(".", 2)[2]
+        out[f"zero_convs.{idx}.0.{leaf}"] = sd.pop(k)
+    _move(sd, out, "controlnet_mid_block", "middle_block_out.0")
+    _move(sd, out, "controlnet_cond_embedding.conv_in", "input_hint_block.0")
+    blocks = sorted({int(k.split(".")[2]) for k in sd if k.startswith("controlnet_cond_embedding.blocks.")})
+    for b in blocks:
+        _move(sd, out, f"controlnet_cond_embedding.blocks.{b}", f"input_hint_block.{2 * (b + 1)}")
+    _move(sd, out, "controlnet_cond_embedding.conv_out", f"input_hint_block.{2 * (len(blocks) + 1)}")
+    assert not sd, f"unmapped ControlNet keys: {list(sd)[:5]}"
+    return {"control_model." + k: v.contiguous() for k, v in out.items()}
+
+
+def write_controlnet_ldm(controlnet_dir: Path, path: Path) -> Path:
+    from diffusers import ControlNetModel
+
+    cn = ControlNetModel.from_pretrained(controlnet_dir)
+    return _save(controlnet_to_ldm(cn.state_dict(), dict(cn.config)), path)

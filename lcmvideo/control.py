@@ -1,0 +1,205 @@
+"""ControlNet conditioning: where each frame's conditioning image comes from, and loading it.
+
+Sources (one per ControlNet entry): a folder of images numbered by frame (sparse allowed),
+a single image for every frame, a video, a folder of OpenPose JSON files, or a video of a
+person whose pose is extracted (the `pose` extra). Every conditioning image is fitted to the
+render size with `fit()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import usage
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+SOURCE_KEYS = ("images", "video", "openpose", "pose_from")
+FITS = ("crop", "pad", "stretch")
+
+
+@dataclass
+class ControlSpec:
+    model: str | None = None  # ControlNet: diffusers folder, single file, HF id, name; None = embedded tiny one
+    images: str | None = None  # a folder of images numbered by frame (0000.png, 0016.png), or one image
+    video: str | None = None  # a video of conditioning frames, one per clip frame
+    openpose: str | None = None  # a folder of OpenPose JSON keypoint files numbered by frame
+    pose_from: str | None = None  # a video of a person: poses extracted (needs lcmvideo[pose])
+    scale: float = 1.0  # conditioning scale of this net (times the schedule's controlnet_scale)
+    start: float = 0.0  # fraction of the denoising steps where this net starts acting
+    end: float = 1.0  # ... and stops
+    missing: str = "none"  # frames without an image in a sparse folder: none (no control) | nearest
+    fit: str = "crop"  # crop (cover, centre crop) | pad (fit inside, black bars) | stretch
+    count: str = "error"  # video/pose_from with another frame count: error | stretch (resample evenly)
+    size: list | None = None  # [width, height] of the canvas of pixel-coordinate OpenPose JSON
+
+    @property
+    def source(self) -> tuple[str, str]:
+        for k in SOURCE_KEYS:
+            if getattr(self, k):
+                return k, getattr(self, k)
+        raise usage("controlnet: needs one of images, video, openpose, pose_from")
+
+
+def from_flag(model: str, source: str) -> ControlSpec:
+    """`--controlnet MODEL SOURCE`: the source's kind from what it is (MODEL 'embedded' = the tiny one)."""
+    path = Path(source).expanduser()
+    model = None if model.lower() in ("embedded", "default") else model
+    if path.is_dir():
+        kind = "openpose" if any(path.glob("*.json")) and not any(
+            p.suffix.lower() in IMAGE_EXTS for p in path.iterdir()) else "images"
+    elif path.suffix.lower() in IMAGE_EXTS:
+        kind = "images"
+    elif path.exists():
+        kind = "video"
+    else:
+        raise usage(f"--controlnet: {source}: no such image, folder or video")
+    return ControlSpec(model=model, **{kind: str(path.resolve())})
+
+
+def fit(image: np.ndarray, width: int, height: int, rule: str = "crop") -> np.ndarray:
+    """Resize an RGB image to (height, width): crop = cover then centre-crop (no bars, no
+    distortion), pad = fit inside then centre on black, stretch = ignore the aspect ratio."""
+    import cv2
+
+    h, w = image.shape[:2]
+    if (w, h) == (width, height):
+        return image
+    if rule == "stretch":
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if w > width else cv2.INTER_CUBIC)
+    scale = max(width / w, height / h) if rule == "crop" else min(width / w, height / h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    if rule == "crop":
+        x, y = (nw - width) // 2, (nh - height) // 2
+        return np.ascontiguousarray(resized[y:y + height, x:x + width])
+    out = np.zeros((height, width, 3), np.uint8)
+    x, y = (width - nw) // 2, (height - nh) // 2
+    out[y:y + nh, x:x + nw] = resized
+    return out
+
+
+def _numbered(folder: Path, exts, frames: int, what: str) -> dict[int, Path]:
+    from .pose import frame_number
+
+    if not folder.is_dir():
+        raise usage(f"{folder}: no such folder of {what}")
+    found: dict[int, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() not in exts:
+            continue
+        n = frame_number(p)
+        if n is None:
+            raise usage(f"{p}: no frame number in the file name (expected e.g. 0016{p.suffix})")
+        if n >= frames:
+            raise usage(f"{p}: frame {n} is beyond the clip (frames: {frames})")
+        if n in found:
+            raise usage(f"{p}: frame {n} given twice (also {found[n].name})")
+        found[n] = p
+    if not found:
+        raise usage(f"{folder}: no {what} files ({', '.join(exts)}) in the folder")
+    return found
+
+
+def _spread(found: dict[int, object], frames: int, missing: str) -> list:
+    """Per frame: its own item, or with `nearest` the closest numbered one (ties go earlier)."""
+    if missing == "none":
+        return [found.get(f) for f in range(frames)]
+    keys = sorted(found)
+    return [found[min(keys, key=lambda k: (abs(k - f), k))] for f in range(frames)]
+
+
+def video_frame_count(path: Path) -> int:
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            stream = c.streams.video[0]
+            if stream.frames:
+                return stream.frames
+            return sum(1 for _ in c.decode(stream))
+    except (OSError, av.error.FFmpegError, IndexError) as e:
+        raise usage(f"{path}: not a readable video ({e})") from None
+
+
+def _video_indices(n: int, frames: int, spec: ControlSpec, path: Path) -> list[int]:
+    if n == frames:
+        return list(range(frames))
+    if spec.count == "stretch":
+        return [round(i * (n - 1) / max(1, frames - 1)) for i in range(frames)]
+    raise usage(f"{path}: {n} frames, but the clip has {frames}; set count: stretch to resample it "
+                "evenly, or change frames")
+
+
+def assignment(spec: ControlSpec, frames: int) -> list[str | None]:
+    """What each frame is conditioned on, as text (for `plan`), without decoding images."""
+    kind, src = spec.source
+    path = Path(src).expanduser()
+    if kind == "images" and path.is_file():
+        return [path.name] * frames
+    if kind in ("images", "openpose"):
+        exts = IMAGE_EXTS if kind == "images" else (".json",)
+        found = _numbered(path, exts, frames, "image" if kind == "images" else "OpenPose JSON")
+        return [p.name if p else None for p in _spread(found, frames, spec.missing)]
+    if not path.is_file():
+        raise usage(f"{path}: no such video")
+    idx = _video_indices(video_frame_count(path), frames, spec, path)
+    return [f"{path.name}#{i}" for i in idx]
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as e:
+        raise usage(f"{path}: not a readable image ({e})") from None
+
+
+def load(spec: ControlSpec, frames: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Conditioning images (T, H, W, 3) uint8 fitted to the render size, and which frames have one."""
+    kind, src = spec.source
+    path = Path(src).expanduser()
+    out = np.zeros((frames, height, width, 3), np.uint8)
+    present = np.ones(frames, bool)
+    if kind == "images" and path.is_file():
+        out[:] = fit(_read_image(path), width, height, spec.fit)
+    elif kind in ("images", "openpose"):
+        exts = IMAGE_EXTS if kind == "images" else (".json",)
+        found = _numbered(path, exts, frames, "image" if kind == "images" else "OpenPose JSON")
+        cache: dict[Path, np.ndarray] = {}
+        for f, p in enumerate(_spread(found, frames, spec.missing)):
+            if p is None:
+                present[f] = False
+                continue
+            if p not in cache:
+                if kind == "images":
+                    img = _read_image(p)
+                else:
+                    from . import pose
+
+                    size = tuple(spec.size) if spec.size else None
+                    people = pose.read_openpose_json(p, size=size)
+                    w, h = size or (width, height)
+                    img = pose.draw(people, w, h)
+                cache[p] = fit(img, width, height, spec.fit)
+            out[f] = cache[p]
+    else:
+        from . import video
+
+        if not path.is_file():
+            raise usage(f"{path}: no such video")
+        src_frames, _ = video.read(path)
+        idx = _video_indices(len(src_frames), frames, spec, path)
+        picked = src_frames[idx]
+        if kind == "pose_from":
+            from . import pose
+
+            people = pose.extract(picked)
+            picked = np.stack([pose.draw(p, picked.shape[2], picked.shape[1]) for p in people])
+        for f in range(frames):
+            out[f] = fit(picked[f], width, height, spec.fit)
+    return out, present
