@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import platform
 import time
 from pathlib import Path
 
 from . import __version__, schedule
+from .api import EMBEDDED_NOTE, default_output
+from .errors import LcmvideoError, runtime, usage
 from .schedule import Settings
 
 MODEL_KEYS = {"base", "motion", "lcm_lora", "lcm_lora_scale", "loras", "fuse", "models_dir", "device", "dtype"}
-EMBEDDED_NOTE = ("using the embedded tiny model family: untrained, for trying the tool; "
-                 "pass --model/--motion/--lcm-lora (or set LCMVIDEO_MODELS_DIR) for real clips")
 
 
 def settings_for(schedule_file: Path | None, flags: dict) -> tuple[Settings, dict]:
@@ -23,75 +22,172 @@ def settings_for(schedule_file: Path | None, flags: dict) -> tuple[Settings, dic
     return s, sources
 
 
-def default_output(schedule_file: Path | None, s: Settings) -> Path:
-    if s.output:
-        return Path(s.output).expanduser()
-    stem = schedule_file.name.split(".")[0] if schedule_file else "lcmvideo"
-    return Path(f"{stem}.{s.format or 'mp4'}") if (s.format or "mp4") != "png" else Path(stem)
-
-
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"lcmvideo": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "diffusers", "transformers", "peft", "numpy", "imageio", "imageio-ffmpeg"):
+def parse_seeds(text: str) -> list[int]:
+    """'1-4,9' -> [1, 2, 3, 4, 9]."""
+    seeds = []
+    for part in text.split(","):
+        a, _, b = part.strip().partition("-")
         try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
+            lo, hi = int(a), int(b or a)
+        except ValueError:
+            raise usage(f"--seeds: '{text}' is not a list of seeds or ranges like 1-16,20") from None
+        if lo < 0 or hi < lo:
+            raise usage(f"--seeds: '{part}' is not a range of seeds (low-high, 0 or more)")
+        seeds += range(lo, hi + 1)
+    return seeds
 
 
-def recorded_settings(s: Settings, spec) -> dict:
-    """The settings as a schedule that re-renders the same frames: models by absolute path."""
-    d = s.to_dict()
-    m = d["models"]
-    m["base"] = None if spec.embedded else str(spec.base.path.resolve())
-    m["motion"] = None if spec.embedded else str(spec.motion.path.resolve())
-    m["lcm_lora"] = "none" if spec.lcm_lora.path is None else (
-        None if spec.embedded else str(spec.lcm_lora.path.resolve()))
-    m["loras"] = [{"path": str(r.path.resolve()), "weight": r.weight} for r in spec.loras]
-    m["models_dir"] = None
-    m["device"], m["dtype"] = spec.device, spec.dtype
-    d.pop("prompt", None)
-    d["output"] = None
-    return d
+def expand_jobs(sources: list[Path], seeds: list[int] | None, output: Path | None, fmt: str | None = None
+                ) -> list[tuple]:
+    """(schedule file or None, output, seed) per job: files (folders and globs expanded) x seeds."""
+    files: list[Path | None] = []
+    for src in sources or [None]:
+        if src is not None and src.is_dir():
+            files += sorted(p for p in src.iterdir() if p.suffix.lower() in (".yaml", ".yml", ".json", ".txt")
+                            and not p.name.endswith((".mp4.json", ".gif.json")))
+        elif src is not None and any(c in str(src) for c in "*?[") and not src.exists():
+            files += sorted(Path().glob(str(src))) if not src.is_absolute() else sorted(
+                Path(src.anchor).glob(str(src.relative_to(src.anchor))))
+        else:
+            files.append(src)
+    if not files:
+        raise usage(f"no schedule files in {', '.join(map(str, sources))}")
+    many = len(files) > 1 or (seeds and len(seeds) > 1)
+    if many and output is not None and output.suffix:
+        raise usage(f"-o: {output}: several jobs need a folder for their outputs, not a file name")
+    jobs = []
+    ext = {"gif": ".gif", "png": ""}.get(fmt or "", ".mp4")
+    for f in files:
+        for seed in seeds or [None]:
+            stem = f.name.split(".")[0] if f else "lcmvideo"
+            name = f"{stem}-s{seed}" if seed is not None and seeds and len(seeds) > 1 else stem
+            out = (output / f"{name}{ext}") if many and output is not None else (
+                output if output is not None else (Path(f"{name}{ext}") if many else None))
+            jobs.append((f, out, seed))
+    return jobs
 
 
-def render_command(schedule_file, flags: dict, say=print, quiet: bool = False, verbose: int = 0) -> Path:
-    from . import models, render, video
+def job_key(schedule_file: Path | None, overrides: dict) -> str:
+    """What makes a job's output: the file's text and the flags. Same key + output present = done."""
+    import hashlib
 
-    t0 = time.perf_counter()
-    s, sources = settings_for(schedule_file, flags)
-    schedule.require_prompt(s)
-    out = default_output(schedule_file, s)
-    fmt = video.format_for(out, s.format)
-    video.check_writable(out, fmt)
-    spec = models.resolve(s.models, sources)
-    if spec.embedded:
-        say(EMBEDDED_NOTE)
-    for w in s.warnings:
-        say(f"warning: {w}")
-    if spec.fuse and schedule.travels_lora(s):
-        spec.fuse = False
-        say("note: LoRA weights travel in this schedule, so LoRAs stay unfused (per-window weights, slower)")
-    loaded = models.load(spec, verbose=verbose > 0, quiet=quiet)
-    t_load = time.perf_counter()
-    frames = render.render(loaded, s, quiet=quiet)
-    t_render = time.perf_counter()
-    meta = {
-        schedule.SIDECAR_MARK: {"version": __version__, "command": "render", "format": fmt},
-        "settings": recorded_settings(s, spec),
-        "models": models.describe(spec),
-        "versions": versions(),
-        "output": {"frames": int(frames.shape[0]), "width": int(frames.shape[2]), "height": int(frames.shape[1]),
-                   "fps": s.fps, "seed": s.seed},
-        "timing_s": {"load": round(t_load - t0, 3), "render": round(t_render - t_load, 3)},
-    }
-    video.write(frames, out, s.fps, fmt, meta, quiet=quiet)
-    say(f"wrote {out}: {frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, {s.fps:g} fps, "
-        f"seed {s.seed} ({time.perf_counter() - t0:.1f}s)")
-    return out
+    text = schedule_file.read_bytes() if schedule_file and schedule_file.is_file() else b""
+    blob = json.dumps({k: repr(v) for k, v in sorted(overrides.items())}).encode() + text + __version__.encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _done(out: Path | None, key: str) -> bool:
+    from .video import sidecar_path
+
+    if out is None or not out.exists():
+        return False
+    try:
+        return json.loads(sidecar_path(out).read_text())[schedule.SIDECAR_MARK].get("job") == key
+    except (OSError, ValueError, KeyError, AttributeError):
+        return False
+
+
+def render_command(schedule_files: list[Path], flags: dict, say=print, quiet: bool = False, verbose: int = 0,
+                   watch: bool = False, max_renders: int | None = None, seeds: str | None = None,
+                   session=None, workers: int = 1, ray: str | None = None) -> list[Path]:
+    """One clip, a batch (files x seeds; a bad job fails alone), or a watch loop."""
+    from .api import Session
+
+    if watch and (workers > 1 or ray is not None):
+        raise usage("--watch renders in this process; it does not go with --workers or --ray")
+    if workers > 1 or ray is not None:
+        return _render_parallel(schedule_files, flags, say, quiet, seeds, workers, ray)
+
+    session = session or Session(quiet=quiet, verbose=verbose, say=say,
+                                 **{k: v for k, v in flags.items() if k in MODEL_KEYS})
+    overrides = {k: v for k, v in flags.items() if k not in MODEL_KEYS and k != "output"}
+    output = Path(flags["output"]).expanduser() if flags.get("output") else None
+    if watch:
+        if len(schedule_files) != 1 or schedule_files[0].is_dir():
+            raise usage("--watch: give exactly one schedule file")
+        return watch_loop(session, schedule_files[0], output, overrides, say, max_renders)
+    jobs = expand_jobs(schedule_files, parse_seeds(seeds) if seeds else None, output, flags.get("format"))
+    if len(jobs) == 1:
+        f, out, seed = jobs[0]
+        return [session.render_to_file(f, out, **overrides, **({"seed": seed} if seed is not None else {}))]
+    written, failed = [], []
+    for f, out, seed in jobs:
+        job = {**overrides, **({"seed": seed} if seed is not None else {})}
+        key = job_key(f, job)
+        label = f"{f or '--prompt'}" + (f" seed {seed}" if seed is not None else "")
+        if _done(out, key):
+            say(f"skipping {label}: {out} is done")
+            written.append(out)
+            continue
+        try:
+            s = session.settings(f, **job)
+            s._job = key
+            written.append(session.render_to_file(s, out or default_output(f, s)))
+        except LcmvideoError as e:
+            say(f"lcmvideo: error: {label}: {e.message}")
+            failed.append(label)
+    say(f"batch: {len(written)} of {len(jobs)} jobs done" + (f", {len(failed)} failed" if failed else ""))
+    if failed:
+        raise runtime(f"{len(failed)} of {len(jobs)} jobs failed: {', '.join(failed)}")
+    return written
+
+
+def _render_parallel(schedule_files, flags, say, quiet, seeds, workers, ray) -> list[Path]:
+    from . import batch
+
+    model_flags = {k: v for k, v in flags.items() if k in MODEL_KEYS and v not in (None, ())}
+    overrides = {k: v for k, v in flags.items() if k not in MODEL_KEYS and k != "output" and v is not None}
+    output = Path(flags["output"]).expanduser() if flags.get("output") else None
+    jobs, written, failed = [], [], []
+    for f, out, seed in expand_jobs(schedule_files, parse_seeds(seeds) if seeds else None, output, flags.get("format")):
+        job = {**overrides, **({"seed": seed} if seed is not None else {})}
+        key = job_key(f, job)
+        label = f"{f or '--prompt'}" + (f" seed {seed}" if seed is not None else "")
+        if _done(out, key):
+            say(f"skipping {label}: {out} is done")
+            written.append(out)
+            continue
+        out = out.resolve() if out else None
+        jobs.append((str(f.resolve()) if f else None, str(out) if out else None, job, key, label))
+    results = batch.run_ray(jobs, model_flags, ray or None, workers if workers > 1 else None, quiet) \
+        if ray is not None else batch.run_local(jobs, model_flags, workers, quiet)
+    for status, label, detail in results:
+        if status == "ok":
+            say(f"wrote {detail}")
+            written.append(Path(detail))
+        else:
+            say(f"lcmvideo: error: {label}: {detail}")
+            failed.append(label)
+    total = len(written) + len(failed)
+    say(f"batch: {len(written)} of {total} jobs done" + (f", {len(failed)} failed" if failed else ""))
+    if failed:
+        raise runtime(f"{len(failed)} of {total} jobs failed: {', '.join(failed)}")
+    return written
+
+
+def watch_loop(session, schedule_file: Path, output, overrides: dict, say, max_renders=None, poll=0.2) -> list[Path]:
+    """Render, then again each time the file changes; a broken edit prints its error and waits."""
+    written, last = [], None
+    try:
+        while True:
+            try:
+                st = schedule_file.stat()
+                stamp = (st.st_mtime_ns, st.st_size)
+            except FileNotFoundError:
+                stamp = None
+            if stamp != last and stamp is not None:
+                last = stamp
+                try:
+                    written.append(session.render_to_file(schedule_file, output, **overrides))
+                except LcmvideoError as e:
+                    say(f"lcmvideo: error: {e.message}")
+                if max_renders and len(written) >= max_renders:
+                    return written
+                say(f"watching {schedule_file} for changes (Ctrl-C to stop)")
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        say("stopped watching")
+        return written
 
 
 def models_command(schedule_file, flags: dict, as_json: bool = False, echo=print):

@@ -109,9 +109,17 @@ def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_d
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("schedule_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("schedule_files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="Output: .mp4, .gif, or a folder for PNG frames.  [default: SCHEDULE_FILE's name + .mp4]")
+              help="Output: .mp4, .gif, or a folder for PNG frames (a folder for several jobs).  "
+                   "[default: SCHEDULE_FILE's name + .mp4]")
+@click.option("--watch", is_flag=True, help="Keep the models loaded and render again each time the file is saved.")
+@click.option("--max-renders", type=click.IntRange(min=1), help="With --watch: stop after this many renders.")
+@click.option("--seeds", metavar="LIST", help="Render each file once per seed: e.g. 1-16 or 3,7,9.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run a batch on this many local devices (GPUs; on CPU, processes sharing the cores).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Run a batch on a Ray cluster (ADDRESS, or a local Ray when empty); needs lcmvideo[ray].")
 @click.option("-f", "--format", "fmt", type=click.Choice(["mp4", "gif", "png"]), help="Override the extension.")
 @click.option("-p", "--prompt", help="The prompt (replaces the file's prompts).")
 @click.option("-n", "--negative-prompt", help="Negative prompt (used when guidance > 1).")
@@ -133,10 +141,13 @@ def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_d
               help="Frames shared by neighbouring windows.  [default: 4]")
 @model_options
 @click.pass_obj
-def render(obj: Ctx, schedule_file, output, fmt, prompt, negative_prompt, frames, width, height, fps, steps,
+def render(obj: Ctx, schedule_files, output, watch, max_renders, seeds, workers, ray_address, fmt, prompt, negative_prompt, frames, width, height, fps, steps,
            guidance, seed, controlnets, controlnet_scale, context_length, context_overlap, **model_kw):
-    """Render a clip from a schedule file (YAML/JSON, an animatediff-cli-prompt-travel
-    JSON, or an A1111 prompt-box .txt) or a --prompt.
+    """Render clips from schedule files (YAML/JSON, an animatediff-cli-prompt-travel
+    JSON, or an A1111 prompt-box .txt; folders and globs too) or a --prompt.
+
+    Several files or --seeds make a batch: the models load once, a bad job fails alone,
+    and jobs whose output is already there with the same settings are skipped.
 
     A render's sidecar JSON (OUTPUT.json) is itself a schedule file: `lcmvideo render clip.mp4.json`
     renders the same frames again.
@@ -149,9 +160,12 @@ def render(obj: Ctx, schedule_file, output, fmt, prompt, negative_prompt, frames
                  controlnet=tuple(control.from_flag(m, src) for m, src in controlnets),
                  controlnet_scale=controlnet_scale, output=str(output) if output else None, format=fmt)
     flags.update(model_flags(**model_kw))
-    if schedule_file is None and prompt is None:
+    if not schedule_files and prompt is None:
         raise click.UsageError("give a SCHEDULE_FILE or --prompt")
-    app.render_command(schedule_file, flags, obj.say, quiet=obj.quiet, verbose=obj.verbose)
+    if max_renders and not watch:
+        raise click.UsageError("--max-renders goes with --watch")
+    app.render_command(list(schedule_files), flags, obj.say, quiet=obj.quiet, verbose=obj.verbose, watch=watch,
+                       max_renders=max_renders, seeds=seeds, workers=workers, ray=ray_address)
 
 
 @cli.command(context_settings=CONTEXT)

@@ -59,6 +59,13 @@ def from_flag(model: str, source: str) -> ControlSpec:
     return ControlSpec(model=model, **{kind: str(path.resolve())})
 
 
+def stamp(spec: ControlSpec) -> tuple:
+    """Modification times of a source, so cached conditioning is dropped when its files change."""
+    path = Path(spec.source[1]).expanduser()
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    return tuple((p.name, p.stat().st_mtime_ns) for p in files if p.exists())
+
+
 def fit(image: np.ndarray, width: int, height: int, rule: str = "crop") -> np.ndarray:
     """Resize an RGB image to (height, width): crop = cover then centre-crop (no bars, no
     distortion), pad = fit inside then centre on black, stretch = ignore the aspect ratio."""

@@ -569,13 +569,29 @@ def _load_base(ref: ModelRef, dtype):
     kw = dict(config=str(config), local_files_only=True, torch_dtype=dtype)
     unet = UNet2DConditionModel.from_single_file(sd, subfolder="unet", **kw)
     vae = AutoencoderKL.from_single_file(sd, subfolder="vae", **kw)
+    for name, model in (("UNet", unet), ("VAE", vae)):  # diffusers leaves missing weights on 'meta', silently
+        hole = next((n for n, p in model.named_parameters() if p.device.type == "meta"), None)
+        if hole:
+            raise usage(f"{path}: the {name} is incomplete (no weights for {hole})")
     text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(config / "text_encoder"))
-    te_sd = convert_ldm_clip_checkpoint(sd)
+    te_sd = _match_prefix(convert_ldm_clip_checkpoint(sd), text_encoder.state_dict(), "text_model.")
     missing, unexpected = text_encoder.load_state_dict(te_sd, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing:
         raise usage(f"{path}: the text encoder is incomplete (missing {missing[0]} and {len(missing) - 1} more)")
     return unet, vae, text_encoder.to(dtype), load_tokenizer()
+
+
+def _match_prefix(sd: dict, wanted: dict, prefix: str) -> dict:
+    """Add or drop `prefix` so keys match the model: SD1.5 files say `text_model.embeddings...`,
+    while newer transformers' CLIPTextModel has flattened that level away."""
+    has = any(k.startswith(prefix) for k in sd)
+    wants = any(k.startswith(prefix) for k in wanted)
+    if has and not wants:
+        return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items()}
+    if wants and not has:
+        return {prefix + k: v for k, v in sd.items()}
+    return sd
 
 
 def _variant(folder: Path) -> str | None:

@@ -55,7 +55,7 @@ def window_weights(n: int):
     return torch.minimum(ramp, ramp.flip(0))
 
 
-def conditioning(models: Models, s: Settings, rows: list[FrameRow]):
+def conditioning(models: Models, s: Settings, rows: list[FrameRow], cache: dict | None = None):
     """Per-frame text embeddings (T, L, D) for the prompt and, with CFG, the negative prompt.
 
     Each distinct keyframe text goes through the text encoder once; frames between keyframes
@@ -71,18 +71,21 @@ def conditioning(models: Models, s: Settings, rows: list[FrameRow]):
     texts = [full_prompt(s, k) for k in kfs]
     negs = [negative_for(s, k) for k in kfs] if use_cfg else []
     chunks = max(prompts.n_chunks(pipe.tokenizer, t) for t in texts + negs)
-    cache = {}
+    known = {} if cache is None else cache.setdefault("text", {})  # (text, chunks) -> embedding, kept by a Session
+    embeds = {}
     for t in dict.fromkeys(texts + negs):
-        cache[t] = prompts.encode(pipe.text_encoder, pipe.tokenizer, t, chunks)[0]
+        if (t, chunks) not in known:
+            known[(t, chunks)] = prompts.encode(pipe.text_encoder, pipe.tokenizer, t, chunks)[0]
+        embeds[t] = known[(t, chunks)]
 
     def per_frame(keyed):
         out = []
         for r in rows:
             if len(r.blend) == 1:
-                out.append(cache[keyed[r.blend[0][0]]])
+                out.append(embeds[keyed[r.blend[0][0]]])
                 continue
             (i, wa), (j, wb) = r.blend
-            a, b = cache[keyed[i]], cache[keyed[j]]
+            a, b = embeds[keyed[i]], embeds[keyed[j]]
             out.append(prompts.slerp(a, b, wb) if s.interpolation == "slerp" else a * wa + b * wb)
         return torch.stack(out)
 
@@ -194,7 +197,7 @@ def _predict(unet, sched, x, t, cond, uncond, g, controls=(), idx=()):
     return u + g * (c - u)
 
 
-def prepare_controls(models: Models, s: Settings, rows: list[FrameRow]) -> list[Control]:
+def prepare_controls(models: Models, s: Settings, rows: list[FrameRow], cache: dict | None = None) -> list[Control]:
     """Load each ControlNet (once per path) and its conditioning images for this clip."""
     import torch
 
@@ -206,7 +209,11 @@ def prepare_controls(models: Models, s: Settings, rows: list[FrameRow]) -> list[
     for i, spec in enumerate(s.controlnet):
         ref = resolve_controlnet(spec.model, models.spec, f"controlnet[{i}].model")
         net = models.controlnet(ref)
-        images, present = control.load(spec, s.frames, s.width, s.height)
+        key = (repr(spec), s.frames, s.width, s.height, control.stamp(spec))
+        known = {} if cache is None else cache.setdefault("control", {})
+        if key not in known:
+            known[key] = control.load(spec, s.frames, s.width, s.height)
+        images, present = known[key]
         scale = [spec.scale * r.params["controlnet_scale"] * float(p) for r, p in zip(rows, present)]
         out.append(Control(net, torch.from_numpy(images).to(device).permute(0, 3, 1, 2).to(dtype) / 255.0,
                            torch.tensor(scale, device=device, dtype=dtype), spec.start, spec.end))
@@ -229,8 +236,9 @@ def set_lora_weights(models: Models, curves: dict, win: list[int]):
     models.pipe.set_adapters(names, adapter_weights=[sum(curves[n][i] for i in win) / len(win) for n in names])
 
 
-def render(models: Models, s: Settings, quiet: bool = True) -> np.ndarray:
-    """Denoise and decode one clip: uint8 frames (T, H, W, 3)."""
+def render(models: Models, s: Settings, quiet: bool = True, cache: dict | None = None) -> np.ndarray:
+    """Denoise and decode one clip: uint8 frames (T, H, W, 3). `cache` (a Session's) keeps
+    encoded prompts and conditioning images between renders."""
     import torch
 
     s = resolve_settings(finish(s), models)
@@ -238,8 +246,8 @@ def render(models: Models, s: Settings, quiet: bool = True) -> np.ndarray:
     device = models.spec.device
     try:
         with torch.inference_mode():
-            cond, uncond, guidance = conditioning(models, s, rows)
-            controls = prepare_controls(models, s, rows)
+            cond, uncond, guidance = conditioning(models, s, rows, cache)
+            controls = prepare_controls(models, s, rows, cache)
             latents = denoise(models, cond, uncond, guidance, s, quiet, rows, controls)
             return decode(models.pipe, latents, quiet)
     except torch.OutOfMemoryError:

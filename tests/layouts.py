@@ -1,81 +1,144 @@
 """Write the tiny family out in the layouts users download: LDM single file, original
-AnimateDiff motion module, kohya LoRA, Hugging Face cache. The inverses of diffusers'
-own converters, so the project's loaders can be tested on every path."""
+AnimateDiff motion module, kohya LoRA, Hugging Face hub cache, original ControlNet.
+
+Each exporter is a pure function over a state dict (the exact inverse of the diffusers
+converter that reads the layout back, see test_layouts.py) plus a small file writer, so the
+project's loaders can be tested on every path without downloading real weights.
+
+  LDM single file     inverse of diffusers.loaders.single_file_utils.convert_ldm_unet_checkpoint,
+                      convert_ldm_vae_checkpoint and convert_ldm_clip_checkpoint (generalises
+                      diffusers' scripts/convert_diffusers_to_original_stable_diffusion.py, which
+                      hard-codes SD's two layers per block)
+  AnimateDiff         inverse of convert_animatediff_checkpoint_to_diffusers (mm_sd_v15*.ckpt,
+                      v3_sd15_mm.ckpt), plus the pos_encoder.pe tables diffusers drops
+  kohya LoRA          inverse of diffusers' _convert_non_diffusers_lora_to_diffusers for
+                      diffusers-named modules (lcm-lora-sdv1-5, most civitai SD1.5 LoRAs)
+  ControlNet          inverse of convert_controlnet_checkpoint (control_v11p_sd15_*.pth)
+"""
 
 from __future__ import annotations
 
-import json
+import hashlib
 import math
+import os
+import re
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-RESNET = [("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("emb_layers.1", "time_emb_proj"),
-          ("out_layers.0", "norm2"), ("out_layers.3", "conv2"), ("skip_connection", "conv_shortcut")]
+# ---------------------------------------------------------------- helpers
 
 
-def _move(src: dict, dst: dict, d_prefix: str, l_prefix: str, renames=()):
-    for k in [k for k in src if k.startswith(d_prefix + ".")]:
+def _move(src: dict, dst: dict, d_prefix: str, l_prefix: str, renames=()) -> int:
+    """Pop every `d_prefix.*` key of src into dst as `l_prefix.*`; renames: (ldm, diffusers) leaf prefixes."""
+    n = 0
+    for k in sorted(k for k in src if k.startswith(d_prefix + ".")):
         rest = k[len(d_prefix) + 1:]
-        for a, b in renames:
-            if rest.startswith(b + "."):
-                rest = a + rest[len(b):]
+        for ldm, diffusers in renames:
+            if rest.startswith(diffusers + "."):
+                rest = ldm + rest[len(diffusers):]
                 break
-        dst[l_prefix + "." + rest] = src.pop(k)
+        dst[f"{l_prefix}.{rest}"] = src.pop(k)
+        n += 1
+    return n
 
 
-def _down_and_mid(sd: dict, out: dict, config: dict):
-    """The part of the LDM layout a UNet and a ControlNet share: time embedding, input and middle blocks."""
+def _finish(sd: dict, what: str) -> None:
+    if sd:
+        raise ValueError(f"{what}: {len(sd)} keys have no place in the original layout, e.g. {sorted(sd)[:3]}")
+
+
+def _plain(sd: dict, prefix: str = "") -> dict:
+    """Detached, contiguous, unshared tensors (safetensors refuses shared storage)."""
+    return {prefix + k: v.detach().clone().contiguous() for k, v in sd.items()}
+
+
+def _int_layers(config: dict, what: str) -> int:
     layers = config["layers_per_block"]
+    if not isinstance(layers, int):
+        raise NotImplementedError(f"{what}: per-block layers_per_block {layers!r} has no LDM layout diffusers reads")
+    return layers
+
+
+def save_weights(sd: dict, path, wrap: bool = True) -> Path:
+    """.safetensors via safetensors; anything else (.ckpt/.pt/.pth/.bin) via torch.save, plain tensors
+    only, so `torch.load(path, weights_only=True)` opens it. wrap: {"state_dict": sd}, as LDM .ckpt files."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        save_file(sd, str(path), metadata={"format": "pt"})
+    else:
+        torch.save({"state_dict": sd} if wrap else sd, path)
+    return path
+
+
+# ---------------------------------------------------------------- LDM (CompVis) single file
+
+LDM_UNET_PREFIX = "model.diffusion_model."
+LDM_VAE_PREFIX = "first_stage_model."
+LDM_CLIP_PREFIX = "cond_stage_model.transformer."
+# the key diffusers' infer_diffusers_model_type looks for first; it exists only with SD's 2 layers per block
+SD15_V1_KEY = "model.diffusion_model.output_blocks.11.0.skip_connection.weight"
+
+UNET_RESNET = [("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("emb_layers.1", "time_emb_proj"),
+               ("out_layers.0", "norm2"), ("out_layers.3", "conv2"), ("skip_connection", "conv_shortcut")]
+VAE_RESNET = [("nin_shortcut", "conv_shortcut")]
+VAE_ATTN = [("norm", "group_norm"), ("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("proj_out", "to_out.0")]
+
+
+def _down_and_mid(sd: dict, out: dict, config: dict, what: str) -> None:
+    """What a UNet and a ControlNet share: time embedding, conv_in, input blocks, middle block.
+
+    LDM numbers input blocks 1.. : per level `layers` resnet(+attention) blocks, then one
+    downsampler block on every level but the last."""
+    layers = _int_layers(config, what)
     n = len(config["block_out_channels"])
     attn = ["CrossAttn" in t for t in config["down_block_types"]]
     _move(sd, out, "time_embedding.linear_1", "time_embed.0")
     _move(sd, out, "time_embedding.linear_2", "time_embed.2")
     _move(sd, out, "conv_in", "input_blocks.0.0")
     for i in range(n):
+        first = 1 + i * (layers + 1)
         for j in range(layers):
-            b = 1 + i * (layers + 1) + j
-            _move(sd, out, f"down_blocks.{i}.resnets.{j}", f"input_blocks.{b}.0", RESNET)
+            _move(sd, out, f"down_blocks.{i}.resnets.{j}", f"input_blocks.{first + j}.0", UNET_RESNET)
             if attn[i]:
-                _move(sd, out, f"down_blocks.{i}.attentions.{j}", f"input_blocks.{b}.1")
-        if i < n - 1:
-            _move(sd, out, f"down_blocks.{i}.downsamplers.0.conv", f"input_blocks.{1 + i * (layers + 1) + layers}.0.op")
-    _move(sd, out, "mid_block.resnets.0", "middle_block.0", RESNET)
+                _move(sd, out, f"down_blocks.{i}.attentions.{j}", f"input_blocks.{first + j}.1")
+        _move(sd, out, f"down_blocks.{i}.downsamplers.0.conv", f"input_blocks.{first + layers}.0.op")
+    _move(sd, out, "mid_block.resnets.0", "middle_block.0", UNET_RESNET)
     _move(sd, out, "mid_block.attentions.0", "middle_block.1")
-    _move(sd, out, "mid_block.resnets.1", "middle_block.2", RESNET)
+    _move(sd, out, "mid_block.resnets.1", "middle_block.2", UNET_RESNET)
 
 
 def unet_to_ldm(sd: dict, config: dict) -> dict:
+    """diffusers UNet2DConditionModel state dict -> `model.diffusion_model.*` (any layers_per_block,
+    number of levels, attention pattern). Output blocks: per level layers+1 resnet(+attention) blocks,
+    the last of each non-final level also holding the upsampler (index 2 after an attention, else 1)."""
     sd, out = dict(sd), {}
-    layers = config["layers_per_block"]
+    layers = _int_layers(config, "UNet")
     n = len(config["block_out_channels"])
     up_attn = ["CrossAttn" in t for t in config["up_block_types"]]
-    _down_and_mid(sd, out, config)
+    _down_and_mid(sd, out, config, "UNet")
     _move(sd, out, "conv_norm_out", "out.0")
     _move(sd, out, "conv_out", "out.2")
     for i in range(n):
         for j in range(layers + 1):
             b = i * (layers + 1) + j
-            _move(sd, out, f"up_blocks.{i}.resnets.{j}", f"output_blocks.{b}.0", RESNET)
+            _move(sd, out, f"up_blocks.{i}.resnets.{j}", f"output_blocks.{b}.0", UNET_RESNET)
             if up_attn[i]:
                 _move(sd, out, f"up_blocks.{i}.attentions.{j}", f"output_blocks.{b}.1")
-        if i < n - 1:
-            b = i * (layers + 1) + layers
-            _move(sd, out, f"up_blocks.{i}.upsamplers.0.conv", f"output_blocks.{b}.{2 if up_attn[i] else 1}.conv")
-    assert not sd, f"unmapped UNet keys: {list(sd)[:5]}"
-    return {"model.diffusion_model." + k: v for k, v in out.items()}
-
-
-VAE_RESNET = [("nin_shortcut", "conv_shortcut")]
-VAE_ATTN = [("norm", "group_norm"), ("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("proj_out", "to_out.0")]
+        last = i * (layers + 1) + layers
+        _move(sd, out, f"up_blocks.{i}.upsamplers.0.conv", f"output_blocks.{last}.{2 if up_attn[i] else 1}.conv")
+    _finish(sd, "UNet")
+    return _plain(out, LDM_UNET_PREFIX)
 
 
 def vae_to_ldm(sd: dict, config: dict) -> dict:
+    """diffusers AutoencoderKL state dict -> `first_stage_model.*`. The decoder's levels are numbered
+    in reverse (up.{n-1} runs first); the mid-block attention projections are 1x1 convs."""
     sd, out = dict(sd), {}
     n = len(config["block_out_channels"])
-    layers = config["layers_per_block"]
+    layers = _int_layers(config, "VAE")
     for side in ("encoder", "decoder"):
         _move(sd, out, f"{side}.conv_in", f"{side}.conv_in")
         _move(sd, out, f"{side}.conv_out", f"{side}.conv_out")
@@ -84,8 +147,10 @@ def vae_to_ldm(sd: dict, config: dict) -> dict:
         _move(sd, out, f"{side}.mid_block.resnets.1", f"{side}.mid.block_2", VAE_RESNET)
         attn = {}
         _move(sd, attn, f"{side}.mid_block.attentions.0", "a", VAE_ATTN)
-        for k, v in attn.items():  # LDM keeps the attention projections as 1x1 convs
-            out[f"{side}.mid.attn_1." + k[2:]] = v[:, :, None, None] if v.ndim == 2 else v
+        for k, v in attn.items():
+            leaf = k[2:]
+            conv = v.ndim == 2 and not leaf.startswith("norm.")
+            out[f"{side}.mid.attn_1.{leaf}"] = v[:, :, None, None] if conv else v
     for i in range(n):
         for j in range(layers):
             _move(sd, out, f"encoder.down_blocks.{i}.resnets.{j}", f"encoder.down.{i}.block.{j}", VAE_RESNET)
@@ -95,39 +160,63 @@ def vae_to_ldm(sd: dict, config: dict) -> dict:
         _move(sd, out, f"decoder.up_blocks.{i}.upsamplers.0.conv", f"decoder.up.{n - 1 - i}.upsample.conv")
     _move(sd, out, "quant_conv", "quant_conv")
     _move(sd, out, "post_quant_conv", "post_quant_conv")
-    assert not sd, f"unmapped VAE keys: {list(sd)[:5]}"
-    return {"first_stage_model." + k: v for k, v in out.items()}
+    _finish(sd, "VAE")
+    return _plain(out, LDM_VAE_PREFIX)
 
 
-def to_ldm_checkpoint(unet, vae, text_encoder) -> dict:
+def clip_to_ldm(sd: dict, position_ids: bool = True) -> dict:
+    """transformers CLIPTextModel state dict -> `cond_stage_model.transformer.text_model.*`.
+
+    transformers >= 5.6 flattened CLIPTextModel (keys `embeddings.*`, `encoder.*`, no `text_model.`
+    wrapper); real SD1.5 files, and diffusers' readers, keep the `text_model.` level, so it is added
+    back when missing. position_ids: add `text_model.embeddings.position_ids` (int64 [1, n]), as
+    every real SD1.5 file has it although transformers no longer saves that buffer."""
+    out = _plain({k if k.startswith("text_model.") else "text_model." + k: v for k, v in sd.items()},
+                 LDM_CLIP_PREFIX)
+    key = LDM_CLIP_PREFIX + "text_model.embeddings.position_ids"
+    if position_ids and key not in out:
+        n = out[LDM_CLIP_PREFIX + "text_model.embeddings.position_embedding.weight"].shape[0]
+        out[key] = torch.arange(n, dtype=torch.int64)[None]
+    return out
+
+
+def to_ldm_checkpoint(unet, vae, text_encoder, *, position_ids: bool = True) -> dict[str, torch.Tensor]:
+    """The three diffusers/transformers models as one CompVis/LDM state dict (civitai SD1.5 layout)."""
     sd = unet_to_ldm(unet.state_dict(), dict(unet.config))
     sd.update(vae_to_ldm(vae.state_dict(), dict(vae.config)))
-    sd.update({"cond_stage_model.transformer." + k: v for k, v in text_encoder.state_dict().items()
-               if not k.endswith("position_ids")})
-    return {k: v.contiguous() for k, v in sd.items()}
+    sd.update(clip_to_ldm(text_encoder.state_dict(), position_ids=position_ids))
+    return sd
 
 
-def write_ldm_single_file(model_dir: Path, path: Path) -> Path:
+def write_ldm_single_file(model_dir, path, *, position_ids: bool = True) -> Path:
+    """A diffusers folder (unet/, vae/, text_encoder/) as one .safetensors or .ckpt ({"state_dict": sd})."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    sd = to_ldm_checkpoint(UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet"),
-                           AutoencoderKL.from_pretrained(model_dir, subfolder="vae"),
-                           CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder"))
-    return _save(sd, path)
+    kw = dict(local_files_only=True)
+    sd = to_ldm_checkpoint(UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", **kw),
+                           AutoencoderKL.from_pretrained(model_dir, subfolder="vae", **kw),
+                           CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", **kw),
+                           position_ids=position_ids)
+    return save_weights(sd, path)
 
 
-def _save(sd: dict, path: Path) -> Path:
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        save_file(sd, str(path))
-    else:
-        torch.save({"state_dict": sd}, path)  # plain tensors only: loadable with weights_only=True
-    return path
+# ---------------------------------------------------------------- original AnimateDiff motion module
+
+# what tells the generations apart, for diffusers' infer_diffusers_model_type as for the originals:
+# v1 (mm_sd_v15.ckpt) 24-frame tables, no mid block; v2 (mm_sd_v15_v2.ckpt) a mid block; v3 neither
+MOTION_GENERATIONS = {
+    "v1": dict(use_motion_mid_block=False, motion_max_seq_length=24),
+    "v2": dict(use_motion_mid_block=True, motion_max_seq_length=32),
+    "v3": dict(use_motion_mid_block=False, motion_max_seq_length=32),
+}
+_MOTION_KEY = re.compile(r"((?:down_blocks|up_blocks)\.\d+|mid_block)\.motion_modules\.(\d+)\.(.+)")
+_MOTION_LEAF = [("norm1.", "norms.0."), ("norm2.", "norms.1."), ("norm3.", "ff_norm."),
+                ("attn1.", "attention_blocks.0."), ("attn2.", "attention_blocks.1.")]
 
 
 def sinusoid(length: int, dim: int) -> torch.Tensor:
-    """AnimateDiff's PositionalEncoding table (1, length, dim)."""
+    """AnimateDiff's PositionalEncoding table, (1, length, dim)."""
     pos = torch.arange(length).unsqueeze(1)
     div = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))
     pe = torch.zeros(1, length, dim)
@@ -136,69 +225,161 @@ def sinusoid(length: int, dim: int) -> torch.Tensor:
     return pe
 
 
-def to_animatediff_original(adapter_sd: dict) -> dict:
-    """diffusers MotionAdapter state dict -> original AnimateDiff (mm_sd_v15_v2.ckpt) keys."""
+def motion_adapter(variant: str = "v2", seed: int = 0, **overrides):
+    """A small MotionAdapter of one generation's shape, over the tiny UNet's channels."""
+    from diffusers import MotionAdapter
+
+    cfg = dict(block_out_channels=(32, 64, 64, 64), motion_layers_per_block=1, motion_norm_num_groups=32,
+               **MOTION_GENERATIONS[variant])
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    return MotionAdapter(**cfg)
+
+
+def _check_generation(sd: dict, variant: str) -> None:
+    want = MOTION_GENERATIONS[variant]
+    mid = any(k.startswith("mid_block.") for k in sd)
+    lengths = {v.shape[1] for k, v in sd.items() if k.endswith("pos_embed.pe")}
+    if mid != want["use_motion_mid_block"] or lengths != {want["motion_max_seq_length"]}:
+        raise ValueError(f"an AnimateDiff {variant} file needs a MotionAdapter with {want}; this one has "
+                         f"use_motion_mid_block={mid}, motion_max_seq_length={sorted(lengths)}")
+
+
+def to_animatediff_original(adapter_sd: dict, variant: str | None = None) -> dict:
+    """diffusers MotionAdapter state dict -> the original AnimateDiff motion-module layout.
+
+    `X.motion_modules.i.<rest>` -> `X.motion_modules.i.temporal_transformer.<rest>`, inside transformer
+    blocks norm1/norm2/norm3 -> norms.0/norms.1/ff_norm and attn1/attn2 -> attention_blocks.0/1; each
+    attention block gets its own `pos_encoder.pe` (1, max_seq_length, channels), copied from the block's
+    `pos_embed.pe`. variant ("v1"/"v2"/"v3"): check the adapter has that generation's shape
+    (MOTION_GENERATIONS) and raise ValueError if not, so the file is detected as that generation."""
+    if variant is not None:
+        _check_generation(adapter_sd, variant)
     out = {}
     for k, v in adapter_sd.items():
-        head, sep, rest = k.partition(".motion_modules.")
-        idx, _, tail = rest.partition(".")
-        if tail.startswith("transformer_blocks."):
-            tb, _, leaf = tail[len("transformer_blocks."):].partition(".")
-            for a, b in ((".norm1.", ".norms.0."), (".norm2.", ".norms.1."), (".norm3.", ".ff_norm."),
-                         (".attn1.", ".attention_blocks.0."), (".attn2.", ".attention_blocks.1.")):
-                leaf = ("." + leaf).replace(a, b)[1:] if ("." + leaf).startswith(a) else leaf
-            if leaf == "pos_embed.pe":
-                for blk in (0, 1):
-                    out[f"{head}{sep}{idx}.temporal_transformer.transformer_blocks.{tb}.attention_blocks.{blk}"
-                        f".pos_encoder.pe"] = v.clone()
-                continue
-            tail = f"transformer_blocks.{tb}.{leaf}"
-        out[f"{head}{sep}{idx}.temporal_transformer.{tail}"] = v
-    return {k: v.contiguous() for k, v in out.items()}
+        m = _MOTION_KEY.fullmatch(k)
+        if not m:
+            raise ValueError(f"motion adapter: {k} has no place in the original AnimateDiff layout")
+        head, idx, rest = m.groups()
+        base = f"{head}.motion_modules.{idx}.temporal_transformer."
+        tb = re.fullmatch(r"transformer_blocks\.(\d+)\.(.+)", rest)
+        if tb is None:
+            if not rest.startswith(("norm.", "proj_in.", "proj_out.")):
+                raise ValueError(f"motion adapter: {k} has no place in the original AnimateDiff layout")
+            out[base + rest] = v
+            continue
+        block, leaf = tb.groups()
+        base += f"transformer_blocks.{block}."
+        if leaf == "pos_embed.pe":
+            for a in (0, 1):
+                out[f"{base}attention_blocks.{a}.pos_encoder.pe"] = v
+            continue
+        for d, o in _MOTION_LEAF:
+            if leaf.startswith(d):
+                leaf = o + leaf[len(d):]
+                break
+        else:
+            if not leaf.startswith("ff."):
+                raise ValueError(f"motion adapter: {k} has no place in the original AnimateDiff layout")
+        out[base + leaf] = v
+    return _plain(out)
 
 
-def write_animatediff_original(adapter, path: Path) -> Path:
+def write_animatediff_original(adapter, path, variant: str | None = None) -> Path:
+    """A MotionAdapter (model or diffusers folder) as an original motion module file. .ckpt/.pth are a
+    flat dict of tensors, as mm_sd_v15_v2.ckpt; .safetensors as the community conversions."""
     from diffusers import MotionAdapter
 
     if not isinstance(adapter, MotionAdapter):
-        adapter = MotionAdapter.from_pretrained(adapter)
-    return _save(to_animatediff_original(adapter.state_dict()), path)
+        adapter = MotionAdapter.from_pretrained(adapter, local_files_only=True)
+    return save_weights(to_animatediff_original(adapter.state_dict(), variant), path, wrap=False)
+
+
+# ---------------------------------------------------------------- kohya LoRA
+
+_KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}
+_FLAT_CLIP = ("embeddings.", "encoder.", "final_layer_norm.")  # transformers >= 5.6 CLIPTextModel names
+_PEFT_KEY = re.compile(r"(unet|text_encoder|text_encoder_2)\.(.+)\.lora_([AB])\.weight")
 
 
 def to_kohya_lora(peft_sd: dict, alpha: float | None = None) -> dict:
-    """'unet.<module>.lora_A.weight' -> 'lora_unet_<module_with_underscores>.lora_down.weight' (+ .alpha)."""
+    """peft/diffusers LoRA (`unet.<module>.lora_A.weight`) -> kohya with diffusers module names
+    (`lora_unet_<module_with_underscores>.lora_down.weight`, `.lora_up.weight`, `.alpha`).
+
+    `.alpha` is a scalar tensor: the rank unless given, so the file applies the same update as the
+    peft one (scale alpha / rank). With text_encoder_2 present the text encoders are te1/te2 (SDXL).
+    Text-encoder modules named after transformers >= 5.6's flattened CLIPTextModel get their
+    `text_model.` level back, as in every real file."""
+    te1 = "lora_te1_" if any(k.startswith("text_encoder_2.") for k in peft_sd) else "lora_te_"
     out = {}
     for k, v in peft_sd.items():
-        prefix, module = k.split(".", 1)
-        module, _, kind = module.rpartition(".lora_")
-        kind = kind.split(".")[0]
-        name = {"unet": "lora_unet_", "text_encoder": "lora_te_"}[prefix] + module.replace(".", "_")
-        out[f"{name}.{'lora_down' if kind == 'A' else 'lora_up'}.weight"] = v
+        m = _PEFT_KEY.fullmatch(k)
+        if not m:
+            raise ValueError(f"LoRA: {k} is not a peft lora_A/lora_B weight")
+        part, module, kind = m.groups()
+        if part != "unet" and module.startswith(_FLAT_CLIP):  # as real files: text_model_encoder_layers_...
+            module = "text_model." + module
+        name = (te1 if part == "text_encoder" else _KOHYA_PREFIX[part]) + module.replace(".", "_")
+        out[f"{name}.lora_{'down' if kind == 'A' else 'up'}.weight"] = v
         if kind == "A":
-            out[f"{name}.alpha"] = torch.tensor(float(alpha if alpha is not None else v.shape[0]))
-    return out
+            a = float(alpha if alpha is not None else v.shape[0])
+            out[f"{name}.alpha"] = torch.tensor(a, dtype=v.dtype if v.is_floating_point() else torch.float32)
+    return _plain(out)
 
 
-def write_kohya_lora(peft_file: Path, path: Path) -> Path:
-    save_file(to_kohya_lora(load_file(str(peft_file))), str(path))
-    return Path(path)
+def write_kohya_lora(peft_file, path, alpha: float | None = None) -> Path:
+    """A peft LoRA file (or a folder with pytorch_lora_weights.safetensors) as a kohya .safetensors."""
+    peft_file = Path(peft_file)
+    if peft_file.is_dir():
+        peft_file = peft_file / "pytorch_lora_weights.safetensors"
+    return save_weights(to_kohya_lora(load_file(str(peft_file)), alpha), path)
 
 
-def make_hf_cache(cache_root: Path, repo_id: str, src_dir: Path) -> Path:
-    """Lay a folder out as the Hugging Face hub cache does: models--org--name/snapshots/<commit>/."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
+# ---------------------------------------------------------------- Hugging Face hub cache
+
+
+def make_hf_cache(cache_root, repo_id: str, src_dir, *, commit: str | None = None, blobs: bool = False) -> Path:
+    """Lay a folder out as the hub cache does: models--org--name/snapshots/<commit>/..., refs/main.
+
+    blobs=False copies the files into the snapshot (as on Windows without symlinks); blobs=True stores
+    them under blobs/<sha256> with relative symlinks from the snapshot, as on Linux/macOS. Returns the
+    snapshot folder, which `huggingface_hub.snapshot_download(repo_id, cache_dir=cache_root,
+    local_files_only=True)` then returns."""
+    commit = commit or hashlib.sha1(repo_id.encode()).hexdigest()
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise ValueError(f"commit must be 40 hex digits: {commit!r}")
     repo = Path(cache_root) / ("models--" + repo_id.replace("/", "--"))
     snap = repo / "snapshots" / commit
-    shutil.copytree(src_dir, snap)
+    src_dir = Path(src_dir)
+    if not blobs:
+        shutil.copytree(src_dir, snap, dirs_exist_ok=True)
+    else:
+        (repo / "blobs").mkdir(parents=True, exist_ok=True)
+        for f in sorted(p for p in src_dir.rglob("*") if p.is_file()):
+            digest = hashlib.sha256(f.read_bytes()).hexdigest()
+            blob = repo / "blobs" / digest
+            if not blob.exists():
+                shutil.copyfile(f, blob)
+            link = snap / f.relative_to(src_dir)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(os.path.relpath(blob, link.parent))
     (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
+    (repo / "refs" / "main").write_text(commit)  # no newline: the hub reads it verbatim
     return snap
 
 
+# ---------------------------------------------------------------- original ControlNet
+
+
 def controlnet_to_ldm(sd: dict, config: dict) -> dict:
-    """diffusers ControlNetModel -> the original layout of control_v11p_sd15_*.pth (control_model.*)."""
+    """diffusers ControlNetModel -> the original layout of control_v11p_sd15_*.pth (control_model.*).
+
+    diffusers' reader hard-codes the hint encoder's last conv at input_hint_block.14, i.e. six
+    intermediate convs (conditioning_embedding_out_channels of length 4, as SD1.5's and the tiny one's)."""
     sd, out = dict(sd), {}
-    _down_and_mid(sd, out, config)
+    _down_and_mid(sd, out, config, "ControlNet")
     for k in [k for k in sd if k.startswith("controlnet_down_blocks.")]:
         idx, leaf = k.split(".")[1], k.split(".", 2)[2]
         out[f"zero_convs.{idx}.0.{leaf}"] = sd.pop(k)
@@ -208,12 +389,12 @@ def controlnet_to_ldm(sd: dict, config: dict) -> dict:
     for b in blocks:
         _move(sd, out, f"controlnet_cond_embedding.blocks.{b}", f"input_hint_block.{2 * (b + 1)}")
     _move(sd, out, "controlnet_cond_embedding.conv_out", f"input_hint_block.{2 * (len(blocks) + 1)}")
-    assert not sd, f"unmapped ControlNet keys: {list(sd)[:5]}"
-    return {"control_model." + k: v.contiguous() for k, v in out.items()}
+    _finish(sd, "ControlNet")
+    return _plain(out, "control_model.")
 
 
-def write_controlnet_ldm(controlnet_dir: Path, path: Path) -> Path:
+def write_controlnet_ldm(controlnet_dir, path) -> Path:
     from diffusers import ControlNetModel
 
-    cn = ControlNetModel.from_pretrained(controlnet_dir)
-    return _save(controlnet_to_ldm(cn.state_dict(), dict(cn.config)), path)
+    cn = ControlNetModel.from_pretrained(controlnet_dir, local_files_only=True)
+    return save_weights(controlnet_to_ldm(cn.state_dict(), dict(cn.config)), path)

@@ -1,0 +1,156 @@
+"""The Python API: load a model set once, render many clips.
+
+    from lcmvideo import Session
+    session = Session()                                   # the embedded default; or Session(model=..., motion=...)
+    frames = session.render(prompt="a red circle", frames=16, seed=1)      # numpy uint8 (T, H, W, 3)
+    frames = session.render("prompts/travel.yaml", seed=2)                 # a schedule file + overrides
+    session.render_to_file("prompts/travel.yaml", "travel.mp4")           # frames + sidecar, atomically
+
+The CLI's `render` is a thin layer over this class.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, schedule
+from .schedule import ModelPaths, Settings
+
+MODEL_FLAGS = {f.name for f in fields(ModelPaths)}
+EMBEDDED_NOTE = ("using the embedded tiny model family: untrained, for trying the tool; "
+                 "pass --model/--motion/--lcm-lora (or set LCMVIDEO_MODELS_DIR) for real clips")
+
+
+class Session:
+    """Models loaded once and kept while their settings stay the same; encoded prompts and
+    conditioning images cached between renders."""
+
+    def __init__(self, *, quiet: bool = True, verbose: int = 0, say=None, **model_settings):
+        unknown = set(model_settings) - MODEL_FLAGS
+        if unknown:
+            raise TypeError(f"unknown model settings: {', '.join(sorted(unknown))}")
+        self.model_settings = model_settings  # like command-line flags: they win over a schedule's models
+        self.quiet, self.verbose = quiet, verbose
+        self.say = say or (lambda msg: None)
+        self.loads = 0  # how many times a model set was loaded (watch mode keeps this at 1)
+        self._models = None
+        self._key = None
+        self.cache: dict = {}
+
+    def settings(self, source=None, **overrides) -> Settings:
+        """A schedule file, a Settings, or nothing, with flag-like overrides (prompt=, frames=, ...)."""
+        if isinstance(source, Settings):
+            s = source
+        elif source is not None:
+            s = schedule.load(Path(source))
+        else:
+            s = Settings()
+        flags = {**{k: v for k, v in self.model_settings.items() if v is not None}, **overrides}
+        s = schedule.apply_overrides(s, **flags)
+        s._sources = {k: "flag" for k, v in flags.items() if k in MODEL_FLAGS and v not in (None, ())}
+        return s
+
+    def models(self, s: Settings):
+        """The loaded model set for these settings: reused when the model settings are unchanged."""
+        from . import models
+
+        spec = models.resolve(s.models, getattr(s, "_sources", {}))
+        if spec.fuse and schedule.travels_lora(s):
+            spec.fuse = False
+            self.say("note: LoRA weights travel in this schedule, so LoRAs stay unfused (per-window weights, slower)")
+        key = (tuple((r.role, str(r.path), r.weight, r.key) for r in spec.refs()), spec.lcm_lora_scale, spec.device,
+               spec.dtype, spec.fuse, tuple(_stamp(r.path) for r in spec.refs()))
+        if key != self._key:
+            if spec.embedded:
+                self.say(EMBEDDED_NOTE)
+            self._models = models.load(spec, verbose=self.verbose > 0, quiet=self.quiet)
+            self._key = key
+            self.cache = {}
+            self.loads += 1
+        return self._models
+
+    def render(self, source=None, **overrides) -> np.ndarray:
+        """Frames (T, H, W, 3) uint8 of one clip."""
+        from . import render
+
+        s = source if isinstance(source, Settings) and not overrides else self.settings(source, **overrides)
+        schedule.require_prompt(s)
+        return render.render(self.models(s), s, quiet=self.quiet, cache=self.cache)
+
+    def render_to_file(self, source=None, output=None, **overrides) -> Path:
+        """Render and write the clip with its sidecar; returns the output path."""
+        from . import models, render, video
+
+        t0 = time.perf_counter()
+        s = self.settings(source, **overrides)
+        schedule.require_prompt(s)
+        out = Path(output or s.output or default_output(source, s)).expanduser()
+        fmt = video.format_for(out, s.format)
+        video.check_writable(out, fmt)
+        for w in s.warnings:
+            self.say(f"warning: {w}")
+        loaded = self.models(s)
+        t_load = time.perf_counter()
+        frames = render.render(loaded, s, quiet=self.quiet, cache=self.cache)
+        t_render = time.perf_counter()
+        spec = loaded.spec
+        meta = {
+            schedule.SIDECAR_MARK: {"version": __version__, "command": "render", "format": fmt,
+                                    "job": getattr(s, "_job", None)},
+            "settings": recorded_settings(s, spec),
+            "models": models.describe(spec),
+            "versions": versions(),
+            "output": {"frames": int(frames.shape[0]), "width": int(frames.shape[2]),
+                       "height": int(frames.shape[1]), "fps": s.fps, "seed": s.seed},
+            "timing_s": {"load": round(t_load - t0, 3), "render": round(t_render - t_load, 3)},
+        }
+        video.write(frames, out, s.fps, fmt, meta, quiet=self.quiet)
+        self.say(f"wrote {out}: {frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, {s.fps:g} fps, "
+                 f"seed {s.seed} ({time.perf_counter() - t0:.1f}s)")
+        return out
+
+
+def _stamp(path) -> tuple | None:
+    """A file's identity for reuse: a model file rewritten in place must be reloaded."""
+    if path is None:
+        return None
+    st = Path(path).stat()
+    return (st.st_size, st.st_mtime_ns)
+
+
+def default_output(schedule_file, s: Settings) -> Path:
+    stem = Path(schedule_file).name.split(".")[0] if isinstance(schedule_file, (str, Path)) else "lcmvideo"
+    fmt = s.format or "mp4"
+    return Path(stem) if fmt == "png" else Path(f"{stem}.{fmt}")
+
+
+def versions() -> dict:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"lcmvideo": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "diffusers", "transformers", "peft", "numpy", "imageio", "imageio-ffmpeg"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def recorded_settings(s: Settings, spec) -> dict:
+    """The settings as a schedule that re-renders the same frames: models by absolute path."""
+    d = s.to_dict()
+    m = d["models"]
+    m["base"] = None if spec.embedded else str(spec.base.path.resolve())
+    m["motion"] = None if spec.embedded else str(spec.motion.path.resolve())
+    m["lcm_lora"] = "none" if spec.lcm_lora.path is None else (
+        None if spec.embedded else str(spec.lcm_lora.path.resolve()))
+    m["loras"] = [{"path": str(r.path.resolve()), "weight": r.weight, "name": r.key} for r in spec.loras]
+    m["models_dir"] = None
+    m["device"], m["dtype"] = spec.device, spec.dtype
+    d["output"] = None
+    return d
