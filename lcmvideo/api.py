@@ -30,6 +30,8 @@ class Session:
     conditioning images cached between renders."""
 
     def __init__(self, *, quiet: bool = True, verbose: int = 0, say=None, **model_settings):
+        if "model" in model_settings:  # the CLI's name for the base model
+            model_settings["base"] = model_settings.pop("model")
         unknown = set(model_settings) - MODEL_FLAGS
         if unknown:
             raise TypeError(f"unknown model settings: {', '.join(sorted(unknown))}")
@@ -39,7 +41,8 @@ class Session:
         self.loads = 0  # how many times a model set was loaded (watch mode keeps this at 1)
         self._models = None
         self._key = None
-        self.cache: dict = {}
+        self.cache: dict = {}  # encoded prompts, conditioning images: valid for one model set
+        self.parts: dict = {}  # components read from disk, reused across model sets
 
     def settings(self, source=None, **overrides) -> Settings:
         """A schedule file, a Settings, or nothing, with flag-like overrides (prompt=, frames=, ...)."""
@@ -67,7 +70,8 @@ class Session:
         if key != self._key:
             if spec.embedded:
                 self.say(EMBEDDED_NOTE)
-            self._models = models.load(spec, verbose=self.verbose > 0, quiet=self.quiet)
+            self._models = None  # let the old set go before the new one is built
+            self._models = models.load(spec, verbose=self.verbose > 0, quiet=self.quiet, parts=self.parts)
             self._key = key
             self.cache = {}
             self.loads += 1

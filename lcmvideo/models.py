@@ -693,8 +693,28 @@ def _check_fits(spec: ModelSpec, unet, adapter):
                         f"but the base model has {ctx}")
 
 
-def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True) -> Models:
-    """Load every model in `spec` once into one AnimateDiff pipeline with the LCM scheduler."""
+def _from(parts: dict | None, key: tuple, loader):
+    """A component read from disk once per `parts` cache; callers get a copy, so fusing LoRAs
+    into it never touches the cached original (watch mode swaps one model, not all)."""
+    if parts is None:
+        return loader()
+    if key not in parts:
+        parts[key] = loader()
+    import copy
+
+    return copy.deepcopy(parts[key])
+
+
+def _stamp_of(path: Path) -> tuple:
+    st = path.stat()
+    return (str(path), st.st_size, st.st_mtime_ns)
+
+
+def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True, parts: dict | None = None) -> Models:
+    """Load every model in `spec` into one AnimateDiff pipeline with the LCM scheduler.
+
+    With `parts` (a dict kept by a Session), components already read are reused: changing the
+    motion module or a LoRA does not read the base model again."""
     _configure_libraries(verbose)
     import torch
     from diffusers import AnimateDiffPipeline, LCMScheduler
@@ -703,9 +723,11 @@ def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True) -> Models:
     dtype = _torch_dtype(spec.dtype)
     bar = tqdm(total=4, desc="load", disable=quiet, leave=False)
     try:
-        unet, vae, text_encoder, tokenizer = _load_base(spec.base, dtype)
+        unet, vae, text_encoder, tokenizer = _from(parts, ("base", _stamp_of(spec.base.path), spec.dtype),
+                                                   lambda: _load_base(spec.base, dtype))
         bar.update()
-        adapter = _load_motion(spec.motion, dtype)
+        adapter = _from(parts, ("motion", _stamp_of(spec.motion.path), spec.dtype),
+                        lambda: _load_motion(spec.motion, dtype))
         _check_fits(spec, unet, adapter)
         bar.update()
         scheduler = LCMScheduler.from_pretrained(SD15_CONFIG, subfolder="scheduler")
@@ -713,7 +735,7 @@ def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True) -> Models:
                                    motion_adapter=adapter, scheduler=scheduler,
                                    feature_extractor=None, image_encoder=None)
         pipe.unet.to(dtype)  # the motion UNet is assembled in float32
-        adapters = _apply_loras(pipe, spec)
+        adapters = _apply_loras(pipe, spec, parts)
         bar.update()
         pipe.to(spec.device)
         bar.update()
@@ -727,7 +749,7 @@ def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True) -> Models:
     return Models(spec, pipe, adapter.config.motion_max_seq_length, adapters)
 
 
-def _apply_loras(pipe, spec: ModelSpec) -> dict:
+def _apply_loras(pipe, spec: ModelSpec, parts: dict | None = None) -> dict:
     """LCM-LoRA and style LoRAs as peft adapters, weighted with set_adapters, fused unless told not to.
 
     Returns which adapter carries which schedule parameter (empty once fused)."""
@@ -735,7 +757,7 @@ def _apply_loras(pipe, spec: ModelSpec) -> dict:
     refs = ([spec.lcm_lora] if spec.lcm_lora.sniffed else []) + spec.loras
     for i, ref in enumerate(refs):
         name = "lcm" if ref.role == "lcm_lora" else f"style{i}"
-        sd = load_state_dict(ref.path)
+        sd = dict(_from(parts, ("lora", _stamp_of(ref.path)), lambda: load_state_dict(ref.path)))
         try:
             pipe.load_lora_weights(sd, adapter_name=name)
         except (ValueError, KeyError, RuntimeError) as e:

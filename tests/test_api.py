@@ -168,3 +168,22 @@ def test_the_api_example_runs(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "with 1 model load" in r.stdout
     assert video.read(tmp_path / "t.mp4")[0].shape[0] == 24
+
+
+def test_changing_the_motion_module_does_not_reread_the_base(tiny_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from lcmvideo import models
+
+    reads = []
+    real = models._load_base
+    monkeypatch.setattr(models, "_load_base", lambda ref, dtype: (reads.append(ref.path), real(ref, dtype))[1])
+    shutil.copytree(tiny_dir / "motion_adapter", tmp_path / "mm")
+    base = dict(model=str(tiny_dir), lcm_lora=str(tiny_dir / "lcm_lora"))
+    session = lcmvideo.Session(**base, motion=str(tiny_dir / "motion_adapter"))
+    a = session.render(prompt="a", frames=4, steps=1, seed=1)
+    b = session.render(prompt="a", frames=4, steps=1, seed=1, motion=str(tmp_path / "mm"))
+    c = session.render(prompt="a", frames=4, steps=1, seed=1, lcm_lora="none")
+    assert session.loads == 3 and len(reads) == 1  # three model sets, the base read once
+    assert np.array_equal(a, b)  # same weights from another folder: same frames
+    assert not np.array_equal(a, c)  # the fused LCM-LoRA of the first set did not leak into the cached base
