@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from . import __version__, schedule
-from .api import EMBEDDED_NOTE, default_output
+from .api import EMBEDDED_NOTE
 from .errors import LcmvideoError, runtime, usage
 from .schedule import Settings
 
@@ -110,26 +110,10 @@ def render_command(schedule_files: list[Path], flags: dict, say=print, quiet: bo
     if len(jobs) == 1:
         f, out, seed = jobs[0]
         return [session.render_to_file(f, out, **overrides, **({"seed": seed} if seed is not None else {}))]
-    written, failed = [], []
-    for f, out, seed in jobs:
-        job = {**overrides, **({"seed": seed} if seed is not None else {})}
-        key = job_key(f, job)
-        label = f"{f or '--prompt'}" + (f" seed {seed}" if seed is not None else "")
-        if _done(out, key):
-            say(f"skipping {label}: {out} is done")
-            written.append(out)
-            continue
-        try:
-            s = session.settings(f, **job)
-            s._job = key
-            written.append(session.render_to_file(s, out or default_output(f, s)))
-        except LcmvideoError as e:
-            say(f"lcmvideo: error: {label}: {e.message}")
-            failed.append(label)
-    say(f"batch: {len(written)} of {len(jobs)} jobs done" + (f", {len(failed)} failed" if failed else ""))
-    if failed:
-        raise runtime(f"{len(failed)} of {len(jobs)} jobs failed: {', '.join(failed)}")
-    return written
+    from . import batch
+
+    pending, written = _pending(jobs, overrides, say)
+    return _collect((batch.run_job(j, session) for j in pending), written, say)
 
 
 def _render_parallel(schedule_files, flags, say, quiet, seeds, workers, ray) -> list[Path]:
@@ -138,22 +122,33 @@ def _render_parallel(schedule_files, flags, say, quiet, seeds, workers, ray) -> 
     model_flags = {k: v for k, v in flags.items() if k in MODEL_KEYS and v not in (None, ())}
     overrides = {k: v for k, v in flags.items() if k not in MODEL_KEYS and k != "output" and v is not None}
     output = Path(flags["output"]).expanduser() if flags.get("output") else None
-    jobs, written, failed = [], [], []
-    for f, out, seed in expand_jobs(schedule_files, parse_seeds(seeds) if seeds else None, output, flags.get("format")):
+    jobs = expand_jobs(schedule_files, parse_seeds(seeds) if seeds else None, output, flags.get("format"))
+    pending, written = _pending(jobs, overrides, say)
+    results = batch.run_ray(pending, model_flags, ray or None, workers if workers > 1 else None, quiet) \
+        if ray is not None else batch.run_local(pending, model_flags, workers, quiet)
+    return _collect(results, written, say)
+
+
+def _pending(jobs: list[tuple], overrides: dict, say) -> tuple[list[tuple], list[Path]]:
+    """Job tuples for batch.run_job, and the outputs of jobs already done (skipped)."""
+    pending, done = [], []
+    for f, out, seed in jobs:
         job = {**overrides, **({"seed": seed} if seed is not None else {})}
         key = job_key(f, job)
         label = f"{f or '--prompt'}" + (f" seed {seed}" if seed is not None else "")
         if _done(out, key):
             say(f"skipping {label}: {out} is done")
-            written.append(out)
+            done.append(out)
             continue
-        out = out.resolve() if out else None
-        jobs.append((str(f.resolve()) if f else None, str(out) if out else None, job, key, label))
-    results = batch.run_ray(jobs, model_flags, ray or None, workers if workers > 1 else None, quiet) \
-        if ray is not None else batch.run_local(jobs, model_flags, workers, quiet)
+        pending.append((str(f.resolve()) if f else None, str(out.resolve()) if out else None, job, key, label))
+    return pending, done
+
+
+def _collect(results, written: list[Path], say) -> list[Path]:
+    """Report each job; the batch fails (exit 1) if any job did, after all have run."""
+    failed = []
     for status, label, detail in results:
         if status == "ok":
-            say(f"wrote {detail}")
             written.append(Path(detail))
         else:
             say(f"lcmvideo: error: {label}: {detail}")

@@ -40,13 +40,14 @@ def _init(model_flags: dict, devices, quiet: bool, threads: int):
     _session = Session(quiet=quiet, **flags)
 
 
-def run_job(job: tuple) -> tuple:
-    """In a worker: ('ok', label, output) or ('error', label, message)."""
+def run_job(job: tuple, session=None) -> tuple:
+    """('ok', label, output) or ('error', label, message); `session` defaults to this worker's."""
     source, out, overrides, key, label = job
+    session = session or _session
     try:
-        s = _session.settings(Path(source) if source else None, **overrides)
+        s = session.settings(Path(source) if source else None, **overrides)
         s._job = key
-        return "ok", label, str(_session.render_to_file(s, out))
+        return "ok", label, str(session.render_to_file(s, out))
     except LcmvideoError as e:
         return "error", label, e.message
 
