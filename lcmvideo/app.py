@@ -112,8 +112,11 @@ def render_command(schedule_files: list[Path], flags: dict, say=print, quiet: bo
         return [session.render_to_file(f, out, **overrides, **({"seed": seed} if seed is not None else {}))]
     from . import batch
 
+    from tqdm import tqdm
+
     pending, written = _pending(jobs, overrides, say)
-    return _collect((batch.run_job(j, session) for j in pending), written, say)
+    results = (batch.run_job(j, session) for j in pending)
+    return _collect(tqdm(results, total=len(pending), desc="jobs", disable=quiet, leave=False), written, say)
 
 
 def _render_parallel(schedule_files, flags, say, quiet, seeds, workers, ray) -> list[Path]:
