@@ -12,15 +12,13 @@ The CLI's `render` is a thin layer over this class.
 from __future__ import annotations
 
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__, schedule
-from .schedule import ModelPaths, Settings
+from .schedule import MODEL_KEYS, Settings
 
-MODEL_FLAGS = {f.name for f in fields(ModelPaths)}
 EMBEDDED_NOTE = ("using the embedded tiny model family: untrained, for trying the tool; "
                  "pass --model/--motion/--lcm-lora (or set LCMVIDEO_MODELS_DIR) for real clips")
 
@@ -32,7 +30,7 @@ class Session:
     def __init__(self, *, quiet: bool = True, verbose: int = 0, say=None, **model_settings):
         if "model" in model_settings:  # the CLI's name for the base model
             model_settings["base"] = model_settings.pop("model")
-        unknown = set(model_settings) - MODEL_FLAGS
+        unknown = set(model_settings) - MODEL_KEYS
         if unknown:
             raise TypeError(f"unknown model settings: {', '.join(sorted(unknown))}")
         self.model_settings = model_settings  # like command-line flags: they win over a schedule's models
@@ -46,16 +44,8 @@ class Session:
 
     def settings(self, source=None, **overrides) -> Settings:
         """A schedule file, a Settings, or nothing, with flag-like overrides (prompt=, frames=, ...)."""
-        if isinstance(source, Settings):
-            s = source
-        elif source is not None:
-            s = schedule.load(Path(source))
-        else:
-            s = Settings()
         flags = {**{k: v for k, v in self.model_settings.items() if v is not None}, **overrides}
-        s = schedule.apply_overrides(s, **flags)
-        s._sources = {k: "flag" for k, v in flags.items() if k in MODEL_FLAGS and v not in (None, ())}
-        return s
+        return schedule.from_source(source, **flags)
 
     def models(self, s: Settings):
         """The loaded model set for these settings: reused when the model settings are unchanged."""
@@ -66,7 +56,7 @@ class Session:
             spec.fuse = False
             self.say("note: LoRA weights travel in this schedule, so LoRAs stay unfused (per-window weights, slower)")
         key = (tuple((r.role, str(r.path), r.weight, r.key) for r in spec.refs()), spec.lcm_lora_scale, spec.device,
-               spec.dtype, spec.fuse, tuple(_stamp(r.path) for r in spec.refs()))
+               spec.dtype, spec.fuse, tuple(models.file_stamp(r.path) for r in spec.refs() if r.path))
         if key != self._key:
             if spec.embedded:
                 self.say(EMBEDDED_NOTE)
@@ -116,14 +106,6 @@ class Session:
         self.say(f"wrote {out}: {frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, {s.fps:g} fps, "
                  f"seed {s.seed} ({time.perf_counter() - t0:.1f}s)")
         return out
-
-
-def _stamp(path) -> tuple | None:
-    """A file's identity for reuse: a model file rewritten in place must be reloaded."""
-    if path is None:
-        return None
-    st = Path(path).stat()
-    return (st.st_size, st.st_mtime_ns)
 
 
 def default_output(schedule_file, s: Settings) -> Path:

@@ -9,17 +9,7 @@ from pathlib import Path
 from . import __version__, schedule
 from .api import EMBEDDED_NOTE
 from .errors import LcmvideoError, runtime, usage
-from .schedule import Settings
-
-MODEL_KEYS = {"base", "motion", "lcm_lora", "lcm_lora_scale", "loras", "fuse", "models_dir", "device", "dtype"}
-
-
-def settings_for(schedule_file: Path | None, flags: dict) -> tuple[Settings, dict]:
-    """Schedule file + flags -> Settings, and where each model setting came from."""
-    s = schedule.load(schedule_file) if schedule_file else Settings()
-    sources = {k: "flag" for k, v in flags.items() if k in MODEL_KEYS and v not in (None, ())}
-    s = schedule.apply_overrides(s, **flags)
-    return s, sources
+from .schedule import MODEL_KEYS, Settings
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -91,44 +81,36 @@ def render_command(schedule_files: list[Path], flags: dict, say=print, quiet: bo
                    watch: bool = False, max_renders: int | None = None, seeds: str | None = None,
                    session=None, workers: int = 1, ray: str | None = None) -> list[Path]:
     """One clip, a batch (files x seeds; a bad job fails alone), or a watch loop."""
+    from . import batch
     from .api import Session
 
     if watch and (workers > 1 or ray is not None):
         raise usage("--watch renders in this process; it does not go with --workers or --ray")
-    if workers > 1 or ray is not None:
-        return _render_parallel(schedule_files, flags, say, quiet, seeds, workers, ray)
-
-    session = session or Session(quiet=quiet, verbose=verbose, say=say,
-                                 **{k: v for k, v in flags.items() if k in MODEL_KEYS})
-    overrides = {k: v for k, v in flags.items() if k not in MODEL_KEYS and k != "output"}
+    model_flags = {k: v for k, v in flags.items() if k in MODEL_KEYS and v not in (None, ())}
+    overrides = {k: v for k, v in flags.items() if k not in MODEL_KEYS and k != "output" and v not in (None, ())}
     output = Path(flags["output"]).expanduser() if flags.get("output") else None
     if watch:
         if len(schedule_files) != 1 or schedule_files[0].is_dir():
             raise usage("--watch: give exactly one schedule file")
+        session = session or Session(quiet=quiet, verbose=verbose, say=say, **model_flags)
         return watch_loop(session, schedule_files[0], output, overrides, say, max_renders)
     jobs = expand_jobs(schedule_files, parse_seeds(seeds) if seeds else None, output, flags.get("format"))
-    if len(jobs) == 1:
+    parallel = workers > 1 or ray is not None
+    if len(jobs) == 1 and not parallel:
         f, out, seed = jobs[0]
+        session = session or Session(quiet=quiet, verbose=verbose, say=say, **model_flags)
         return [session.render_to_file(f, out, **overrides, **({"seed": seed} if seed is not None else {}))]
-    from . import batch
-
-    from tqdm import tqdm
-
     pending, written = _pending(jobs, overrides, say)
-    results = (batch.run_job(j, session) for j in pending)
-    return _collect(tqdm(results, total=len(pending), desc="jobs", disable=quiet, leave=False), written, say)
+    if ray is not None:
+        results = batch.run_ray(pending, model_flags, ray or None, workers if workers > 1 else None, quiet)
+    elif workers > 1:
+        results = batch.run_local(pending, model_flags, workers, quiet)
+    else:
+        from tqdm import tqdm
 
-
-def _render_parallel(schedule_files, flags, say, quiet, seeds, workers, ray) -> list[Path]:
-    from . import batch
-
-    model_flags = {k: v for k, v in flags.items() if k in MODEL_KEYS and v not in (None, ())}
-    overrides = {k: v for k, v in flags.items() if k not in MODEL_KEYS and k != "output" and v is not None}
-    output = Path(flags["output"]).expanduser() if flags.get("output") else None
-    jobs = expand_jobs(schedule_files, parse_seeds(seeds) if seeds else None, output, flags.get("format"))
-    pending, written = _pending(jobs, overrides, say)
-    results = batch.run_ray(pending, model_flags, ray or None, workers if workers > 1 else None, quiet) \
-        if ray is not None else batch.run_local(pending, model_flags, workers, quiet)
+        session = session or Session(quiet=quiet, verbose=verbose, say=say, **model_flags)
+        results = tqdm((batch.run_job(j, session) for j in pending), total=len(pending), desc="jobs",
+                       disable=quiet, leave=False)
     return _collect(results, written, say)
 
 
@@ -191,8 +173,8 @@ def watch_loop(session, schedule_file: Path, output, overrides: dict, say, max_r
 def models_command(schedule_file, flags: dict, as_json: bool = False, echo=print):
     from . import models
 
-    s, sources = settings_for(schedule_file, {k: v for k, v in flags.items() if k in MODEL_KEYS})
-    spec = models.resolve(s.models, sources)
+    s = schedule.from_source(schedule_file, **{k: v for k, v in flags.items() if k in MODEL_KEYS})
+    spec = models.resolve(s.models, s._sources)
     rows = []
     for ref in spec.refs():
         sn = ref.sniffed
@@ -243,7 +225,7 @@ def plan_table(s: Settings, source: str) -> dict:
 
 
 def plan_command(schedule_file: Path, flags: dict, as_json: bool = False, echo=print):
-    s, _ = settings_for(schedule_file, flags)
+    s = schedule.from_source(schedule_file, **flags)
     t = plan_table(s, str(schedule_file))
     if as_json:
         echo(json.dumps(t, indent=2))

@@ -534,17 +534,22 @@ def _configure_libraries(verbose: bool = False):
         warnings.filterwarnings("ignore", module=r"(diffusers|transformers|peft|torch)\b")
 
 
-def _ldm_config_dir(sd: dict, path: Path) -> Path:
-    """The component configs that fit a single-file checkpoint: SD1.5's, or the embedded tiny family's."""
+def _single_file_config(channels: int, path: Path, kind: str) -> Path:
+    """The shipped SD1.5 configs or the embedded tiny family's, whichever has these base channels."""
     from . import tiny
 
-    conv_in = sd["model.diffusion_model.input_blocks.0.0.weight"].shape[0]
-    for candidate in (SD15_CONFIG, tiny.ensure()):
-        cfg = _read_json(candidate / "unet" / "config.json")
-        if cfg["block_out_channels"][0] == conv_in:
+    sd15, small, config = ((SD15_CONFIG, tiny.ensure(), "unet/config.json") if kind == "base"
+                           else (CONTROLNET_SD15_CONFIG, tiny.ensure() / "controlnet", "config.json"))
+    for candidate in (sd15, small):
+        if _read_json(candidate / config)["block_out_channels"][0] == channels:
             return candidate
-    raise usage(f"{path}: an SD1.5-layout checkpoint with {conv_in} base channels; "
-                "only the SD1.5 architecture (320) is supported")
+    what = "an SD1.5-layout checkpoint" if kind == "base" else "a ControlNet"
+    raise usage(f"{path}: {what} with {channels} base channels; only the SD1.5 architecture (320) is supported")
+
+
+def _ldm_config_dir(sd: dict, path: Path) -> Path:
+    """The component configs that fit a single-file checkpoint: SD1.5's, or the embedded tiny family's."""
+    return _single_file_config(sd["model.diffusion_model.input_blocks.0.0.weight"].shape[0], path, "base")
 
 
 def _load_base(ref: ModelRef, dtype):
@@ -618,15 +623,6 @@ def motion_config_from_original(sd: dict) -> dict:
     )
 
 
-def _controlnet_config_dir(channels: int, path: Path) -> Path:
-    from . import tiny
-
-    for candidate in (CONTROLNET_SD15_CONFIG, tiny.ensure() / "controlnet"):
-        if _read_json(candidate / "config.json")["block_out_channels"][0] == channels:
-            return candidate
-    raise usage(f"{path}: a ControlNet with {channels} base channels; only SD1.5's (320) is supported")
-
-
 def _load_controlnet(ref: ModelRef, dtype):
     from diffusers import ControlNetModel
 
@@ -637,9 +633,9 @@ def _load_controlnet(ref: ModelRef, dtype):
                                                    variant=_variant(path))
         sd = load_state_dict(path)
         if ref.sniffed.layout == "ldm":
-            config = _controlnet_config_dir(sd["control_model.input_blocks.0.0.weight"].shape[0], path)
+            config = _single_file_config(sd["control_model.input_blocks.0.0.weight"].shape[0], path, "controlnet")
             return ControlNetModel.from_single_file(sd, config=str(config), local_files_only=True, torch_dtype=dtype)
-        config = _controlnet_config_dir(sd["conv_in.weight"].shape[0], path)
+        config = _single_file_config(sd["conv_in.weight"].shape[0], path, "controlnet")
         cn = ControlNetModel.from_config(_read_json(config / "config.json"))
         missing, unexpected = cn.load_state_dict(sd, strict=False)
         if missing or unexpected:
@@ -705,8 +701,9 @@ def _from(parts: dict | None, key: tuple, loader):
     return copy.deepcopy(parts[key])
 
 
-def _stamp_of(path: Path) -> tuple:
-    st = path.stat()
+def file_stamp(path: Path) -> tuple:
+    """A model file's identity for reuse: one rewritten in place must be read again."""
+    st = Path(path).stat()
     return (str(path), st.st_size, st.st_mtime_ns)
 
 
@@ -723,10 +720,10 @@ def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True, parts: dict
     dtype = _torch_dtype(spec.dtype)
     bar = tqdm(total=4, desc="load", disable=quiet, leave=False)
     try:
-        unet, vae, text_encoder, tokenizer = _from(parts, ("base", _stamp_of(spec.base.path), spec.dtype),
+        unet, vae, text_encoder, tokenizer = _from(parts, ("base", file_stamp(spec.base.path), spec.dtype),
                                                    lambda: _load_base(spec.base, dtype))
         bar.update()
-        adapter = _from(parts, ("motion", _stamp_of(spec.motion.path), spec.dtype),
+        adapter = _from(parts, ("motion", file_stamp(spec.motion.path), spec.dtype),
                         lambda: _load_motion(spec.motion, dtype))
         _check_fits(spec, unet, adapter)
         bar.update()
@@ -757,7 +754,7 @@ def _apply_loras(pipe, spec: ModelSpec, parts: dict | None = None) -> dict:
     refs = ([spec.lcm_lora] if spec.lcm_lora.sniffed else []) + spec.loras
     for i, ref in enumerate(refs):
         name = "lcm" if ref.role == "lcm_lora" else f"style{i}"
-        sd = dict(_from(parts, ("lora", _stamp_of(ref.path)), lambda: load_state_dict(ref.path)))
+        sd = dict(_from(parts, ("lora", file_stamp(ref.path)), lambda: load_state_dict(ref.path)))
         try:
             pipe.load_lora_weights(sd, adapter_name=name)
         except (ValueError, KeyError, RuntimeError) as e:

@@ -131,15 +131,18 @@ def denoise(models: Models, cond, uncond, guidance, s: Settings, quiet: bool = T
     g = torch.as_tensor(guidance, dtype=cond.dtype, device=device).view(1, 1, -1, 1, 1)
     steps = len(sched.timesteps)
     per_call = 1 if travel else max(1, BATCH_FRAMES // len(wins[0]))
+    groups = [(group, [torch.tensor(win, device=device) for win in group]) for group in _groups(wins, per_call)]
+    w = window_weights(len(wins[0])).to(device, latents.dtype)  # every window has the same length
+    total = torch.zeros(s.frames, device=device, dtype=latents.dtype)
+    for win in wins:
+        total[win] += w
     bar = tqdm(total=steps * len(wins), desc="denoise", disable=quiet, leave=False)
     for step, t in enumerate(sched.timesteps):
         active = [c for c in controls or () if c.active(step, steps)]
         noise = torch.zeros_like(latents)
-        total = torch.zeros(s.frames, device=device, dtype=latents.dtype)
-        for group in _groups(wins, per_call):
+        for group, idx in groups:
             if travel:
                 set_lora_weights(models, travel, group[0])
-            idx = [torch.tensor(win, device=device) for win in group]
             x = torch.cat([latents[:, :, i] for i in idx])
             c = torch.cat([cond[i] for i in idx])
             u = torch.cat([uncond[i] for i in idx]) if cfg else None
@@ -148,10 +151,8 @@ def denoise(models: Models, cond, uncond, guidance, s: Settings, quiet: bool = T
             if len(wins) == 1:
                 noise = out
             else:
-                for k, (win, i) in enumerate(zip(group, idx)):
-                    w = window_weights(len(win)).to(device, latents.dtype)
+                for k, i in enumerate(idx):
                     noise[:, :, i] += out[k:k + 1] * w.view(1, 1, -1, 1, 1)
-                    total[i] += w
             bar.update(len(group))
         if len(wins) > 1:
             noise /= total.view(1, 1, -1, 1, 1)

@@ -43,6 +43,9 @@ class ModelPaths:
     fuse: bool = True  # fuse LoRAs into the weights (faster); false keeps them as adapters
 
 
+MODEL_KEYS = frozenset(f.name for f in fields(ModelPaths))  # settings that choose and load models
+
+
 @dataclass
 class Context:
     length: int = 16  # frames the motion module sees at once (AnimateDiff was trained on 16)
@@ -597,7 +600,7 @@ def apply_overrides(s: Settings, **flags) -> Settings:
     for k, v in flags.items():
         if v is None or v == ():
             continue
-        if k in {f.name for f in fields(ModelPaths)}:
+        if k in MODEL_KEYS:
             setattr(s.models, k, list(v) if k == "loras" else v)
         elif k in ("context_length", "context_overlap"):
             setattr(s.context, k.split("_")[1], v)
@@ -606,6 +609,18 @@ def apply_overrides(s: Settings, **flags) -> Settings:
         else:
             setattr(s, k, v)
     return finish(s)
+
+
+def from_source(source=None, **flags) -> Settings:
+    """A schedule file (or an already read Settings, or nothing) with CLI-like flags applied;
+    `s._sources` says which model settings came from flags."""
+    if isinstance(source, Settings):
+        s = source
+    else:
+        s = load(Path(source)) if source is not None else Settings()
+    s = apply_overrides(s, **flags)
+    s._sources = {k: "flag" for k, v in flags.items() if k in MODEL_KEYS and v not in (None, ())}
+    return s
 
 
 def dumps(s: Settings) -> str:
