@@ -487,6 +487,8 @@ class Models:
     max_frames: int  # the motion module's window
     adapters: dict = field(default_factory=dict)  # plan parameter -> peft adapter name, when not fused
     controlnets: dict = field(default_factory=dict)  # path -> loaded ControlNetModel, loaded on first use
+    unet2d_config: dict | None = None  # the base UNet's own config, for a 2D view of the motion UNet
+    views: dict = field(default_factory=dict)  # derived pipelines built once (see img2img.unet2d)
 
     def controlnet(self, ref: ModelRef):
         """A ControlNet on the pipeline's device and dtype, loaded once per path."""
@@ -743,7 +745,7 @@ def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True, parts: dict
         raise runtime(f"could not load the models: {str(e).splitlines()[0]}") from None
     finally:
         bar.close()
-    return Models(spec, pipe, adapter.config.motion_max_seq_length, adapters)
+    return Models(spec, pipe, adapter.config.motion_max_seq_length, adapters, unet2d_config=dict(unet.config))
 
 
 def _apply_loras(pipe, spec: ModelSpec, parts: dict | None = None) -> dict:

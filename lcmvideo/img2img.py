@@ -1,0 +1,167 @@
+"""LCM img2img of single frames on a loaded model set, shared by `restyle --mode frames` and `live`.
+
+The motion UNet's image layers are viewed as a plain `UNet2DConditionModel` (the same
+tensors, no copy), so per-frame work skips the motion modules. The loop below computes what
+`StableDiffusionImg2ImgPipeline.from_pipe(...)` computes with one generator per frame (a
+test holds them equal); it is written out so that the noise, the encoded prompts and the
+timesteps are prepared once per clip instead of once per frame.
+
+Steps mean steps actually run: with strength s, the LCM schedule for `steps / s` steps is
+cut to its last `steps` (diffusers' `enforce_inference_steps=True` rule), so 4 steps at
+strength 0.5 run 4 UNet passes, not 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import usage
+from .models import Models
+
+
+def unet2d(models: Models):
+    """The motion UNet's 2D layers as a UNet2DConditionModel sharing its tensors (built once)."""
+    if "unet2d" in models.views:
+        return models.views["unet2d"]
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    if models.adapters:
+        raise usage("--no-fuse / travelling LoRA weights: per-frame img2img needs the LoRAs fused; "
+                    "drop --no-fuse and keep LoRA weights constant")
+    motion = models.pipe.unet
+    with torch.device("meta"):
+        view = UNet2DConditionModel.from_config(models.unet2d_config)
+    own = motion.state_dict()
+    view.load_state_dict({k: own[k] for k in view.state_dict()}, strict=True, assign=True)
+    view.eval().requires_grad_(False)
+    models.views["unet2d"] = view
+    return view
+
+
+def img2img_pipeline(models: Models):
+    """diffusers' own img2img pipeline on the loaded weights (from_pipe: nothing is read again)."""
+    if "img2img" not in models.views:
+        from diffusers import LCMScheduler, StableDiffusionImg2ImgPipeline
+
+        pipe = StableDiffusionImg2ImgPipeline.from_pipe(
+            models.pipe, unet=unet2d(models), scheduler=LCMScheduler.from_config(models.pipe.scheduler.config),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        models.views["img2img"] = pipe
+    return models.views["img2img"]
+
+
+def schedule_length(scheduler, steps: int, strength: float) -> int:
+    """How many steps the schedule has whose last `steps` start at `strength` of the noise."""
+    return min(max(steps, int(steps / strength)), scheduler.config.original_inference_steps)
+
+
+@dataclass
+class Frame:
+    """One stylized frame: pixels and the latents they were decoded from."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    latents: object  # (1, 4, h, w) torch tensor, before the VAE's scaling is undone
+
+
+class Stylizer:
+    """Turns frames into stylized frames with fixed settings; prompts are encoded once each."""
+
+    def __init__(self, models: Models, *, steps: int = 4, guidance: float = 1.0, seed: int = 0,
+                 negative_prompt: str = "", fixed_noise: bool = True):
+        from diffusers import LCMScheduler
+
+        self.models = models
+        pipe = img2img_pipeline(models)
+        self.unet, self.vae = pipe.unet, pipe.vae
+        self.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+        self.device, self.dtype = models.spec.device, self.unet.dtype
+        self.steps, self.guidance, self.seed = steps, guidance, seed
+        self.negative_prompt = negative_prompt
+        self.fixed_noise = fixed_noise  # the same noise for every frame: the strongest flicker cure
+        self.encodes = 0  # text-encoder runs, for tests and the live summary
+        self._text: dict = {}
+
+    def embeddings(self, prompt: str):
+        """(cond, uncond or None) for a prompt; encoded on first use only."""
+        from . import prompts
+
+        cfg = self.guidance > 1.0
+        key = (prompt, self.negative_prompt if cfg else None)
+        if key not in self._text:
+            import torch
+
+            te, tok = self.models.pipe.text_encoder, self.models.pipe.tokenizer
+            texts = [prompt, self.negative_prompt] if cfg else [prompt]
+            chunks = max(prompts.n_chunks(tok, t) for t in texts)
+            with torch.inference_mode():
+                enc = [prompts.encode(te, tok, t, chunks).to(self.dtype) for t in texts]
+            self.encodes += 1
+            self._text[key] = (enc[0], enc[1] if cfg else None)
+        return self._text[key]
+
+    def _total(self, strength: float) -> int:
+        return schedule_length(self.scheduler, self.steps, strength)
+
+    def generator(self, index: int = 0):
+        import torch
+
+        return torch.Generator("cpu").manual_seed(self.seed if self.fixed_noise else self.seed + index)
+
+    def encode(self, image: np.ndarray, generator=None):
+        """VAE latents (1, 4, h, w) of a uint8 frame, sampled like diffusers' img2img pipeline."""
+        import torch
+        from diffusers.utils.torch_utils import randn_tensor
+
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None]
+        x = x.to(self.vae.dtype) / 127.5 - 1.0
+        dist = self.vae.encode(x).latent_dist
+        if generator is None:
+            lat = dist.mode()
+        else:
+            lat = dist.mean + dist.std * randn_tensor(dist.mean.shape, generator=generator, device=x.device,
+                                                      dtype=dist.mean.dtype)
+        return lat * self.vae.config.scaling_factor
+
+    def decode(self, latents) -> np.ndarray:
+        import torch
+
+        img = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        return ((img[0].float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+    def __call__(self, image: np.ndarray, prompt: str | tuple, strength: float, index: int = 0,
+                 init_latents=None) -> Frame:
+        """Stylize one (H, W, 3) uint8 frame. `prompt` is a text or (cond, uncond) embeddings;
+        `init_latents` replaces the frame's own encoding (latent blending)."""
+        import torch
+        from diffusers.utils.torch_utils import randn_tensor
+
+        with torch.inference_mode():
+            cond, uncond = self.embeddings(prompt) if isinstance(prompt, str) else prompt
+            g = self.generator(index)
+            lat = self.encode(image, g) if init_latents is None else init_latents
+            if init_latents is not None:
+                randn_tensor(lat.shape, generator=g, dtype=lat.dtype)  # keep the noise draw aligned
+            if strength <= 0:
+                return Frame(self.decode(lat), lat)
+            total = self._total(strength)
+            sched = self.scheduler
+            sched.set_timesteps(total, device=self.device)  # the full schedule: its last step adds no noise
+            ts = sched.timesteps[-self.steps:]
+            noise = randn_tensor(lat.shape, generator=g, device=lat.device, dtype=lat.dtype)
+            lat = sched.add_noise(lat, noise, ts[:1])
+            for t in ts:
+                lat = sched.step(self._predict(lat, t, cond, uncond), t, lat, generator=g).prev_sample
+            return Frame(self.decode(lat), lat)
+
+    def _predict(self, lat, t, cond, uncond):
+        import torch
+
+        if uncond is None:
+            return self.unet(lat, t, encoder_hidden_states=cond).sample
+        out = self.unet(torch.cat([lat, lat]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+        u, c = out.chunk(2)
+        return u + self.guidance * (c - u)
