@@ -11,6 +11,7 @@ The CLI's `render` is a thin layer over this class.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -105,6 +106,75 @@ class Session:
         video.write(frames, out, s.fps, fmt, meta, quiet=self.quiet)
         self.say(f"wrote {out}: {frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, {s.fps:g} fps, "
                  f"seed {s.seed} ({time.perf_counter() - t0:.1f}s)")
+        return out
+
+
+    def restyle(self, video, source=None, options=None, output=None, **overrides):
+        """Restyle a video (file or PNG folder): (frames (T, H, W, 3) uint8, its Source, the Settings).
+
+        `source` is a schedule file or Settings (prompts travel over the input's frames);
+        `options` a restyle.Options; work in progress goes beside `output` (resumable)."""
+        from . import restyle
+
+        opts = options or restyle.Options()
+        size = {k: overrides.pop(k, None) for k in ("width", "height")}
+        fps = overrides.pop("fps", None)
+        probe = self.settings(source, frames=1_000_000, **overrides)  # frames unknown until the input is read
+        models = self.models(probe)
+        src = restyle.load_source(Path(video), opts, models.native_size, size["width"], size["height"])
+        s = self.settings(source, frames=len(src.frames), fps=fps or round(src.fps, 3), **overrides)
+        schedule.require_prompt(s)
+        out = Path(output) if output else Path(video).with_name(Path(video).stem + ".restyled.mp4")
+        frames = restyle.restyle(self.models(s), s, src, opts, out, quiet=self.quiet, say=self.say)
+        return frames, src, s
+
+    def restyle_to_file(self, video, output=None, source=None, options=None, **overrides) -> Path:
+        """Restyle and write the clip (audio copied into MP4), its sidecar and flicker report."""
+        import shutil
+
+        from . import flow, models, restyle, video as vid
+
+        t0 = time.perf_counter()
+        opts = options or restyle.Options()
+        video = Path(video)
+        out = Path(output or overrides.pop("output", None) or video.with_name(video.stem + ".restyled.mp4"))
+        fmt = vid.format_for(out, overrides.pop("format", None))
+        vid.check_writable(out, fmt)
+        frames, src, s = self.restyle(video, source, opts, out, **overrides)
+        t_run = time.perf_counter()
+        meta = {
+            schedule.SIDECAR_MARK: {"version": __version__, "command": "restyle", "format": fmt},
+            "input": {"path": str(video.resolve()), "start_s": round(src.start_s, 3), "fps": src.fps},
+            "restyle": {k: v for k, v in vars(opts).items() if k not in ("resume", "restart")},
+            "settings": recorded_settings(s, self._models.spec),
+            "models": models.describe(self._models.spec),
+            "versions": versions(),
+            "output": {"frames": int(frames.shape[0]), "width": int(frames.shape[2]),
+                       "height": int(frames.shape[1]), "fps": s.fps, "seed": s.seed},
+        }
+        if opts.report:
+            meta["flicker"] = flow.report(frames, src.frames)
+            f = meta["flicker"]
+            self.say(f"flicker: warping error {f['warping_error']:.4f} (input {f['source_warping_error']:.4f}), "
+                     f"frame difference {f['frame_difference']:.4f} (input {f['source_frame_difference']:.4f})")
+        audio = fmt == "mp4" and opts.audio and restyle.has_audio(video)
+        meta["output"]["audio"] = audio
+        meta["timing_s"] = {"restyle": round(t_run - t0, 3)}
+        if audio:
+            silent = vid.write(frames, out.with_name(f".{out.name}.video.mp4"), s.fps, "mp4", None)
+            tmp = out.with_name(f".{out.name}.mux.mp4")
+            try:
+                restyle.mux_audio(silent, video, src.start_s, len(frames) / s.fps, tmp)
+                tmp.replace(out)
+            finally:
+                silent.unlink(missing_ok=True)
+                tmp.unlink(missing_ok=True)
+            vid.write_text(vid.sidecar_path(out), json.dumps(meta, indent=2, default=str) + "\n")
+        else:
+            vid.write(frames, out, s.fps, fmt, meta, quiet=self.quiet)
+        shutil.rmtree(restyle.work_dir(out), ignore_errors=True)
+        self.say(f"wrote {out}: {frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, {s.fps:g} fps, "
+                 f"seed {s.seed}{', with audio' if audio else ''} ({time.perf_counter() - t0:.1f}s)")
         return out
 
 

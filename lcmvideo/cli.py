@@ -230,6 +230,113 @@ def pose_extract(obj: Ctx, video_file, output):
     obj.say(f"wrote {n} skeletons to {output}")
 
 
+@cli.command(context_settings=CONTEXT)
+@click.argument("input_video", type=click.Path(path_type=Path))
+@click.argument("schedule_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output .mp4/.gif/folder.  [default: INPUT.restyled.mp4]")
+@click.option("-f", "--format", "fmt", type=click.Choice(["mp4", "gif", "png"]), help="Override the extension.")
+@click.option("-p", "--prompt", help="The prompt (replaces the schedule's prompts).")
+@click.option("-n", "--negative-prompt", help="Negative prompt (used when guidance > 1).")
+@click.option("--mode", type=click.Choice(["frames", "animatediff"]), default="frames", show_default=True,
+              help="Per-frame img2img, or AnimateDiff video-to-video over context windows.")
+@click.option("--strength", type=click.FloatRange(0, 1), help="How much to change each frame.  [default: 0.5]")
+@click.option("--steps", type=click.IntRange(min=1, max=50), help="LCM steps actually run.  [default: 4]")
+@click.option("--guidance", type=click.FloatRange(min=0), help="CFG scale; <= 1 disables CFG.  [default: 1.0]")
+@click.option("--seed", type=click.IntRange(min=0), help="Random seed.  [default: random, printed]")
+@click.option("--start", metavar="POS", help="Start at a frame (40) or a time (2.5s).")
+@click.option("--end", metavar="POS", help="Stop before a frame or a time.")
+@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True, help="Keep every Nth frame.")
+@click.option("--max-frames", type=click.IntRange(min=1), help="At most this many frames.")
+@click.option("-W", "--width", type=click.IntRange(min=8), help="Width (multiple of 8).  [default: the shorter "
+                                                                 "side at the model's size, aspect kept]")
+@click.option("-H", "--height", type=click.IntRange(min=8), help="Height (multiple of 8).")
+@click.option("--fit", type=click.Choice(["crop", "pad", "stretch"]), default="crop", show_default=True,
+              help="How the input meets the output size.")
+@click.option("--fps", type=click.FloatRange(min=0.1, max=240), help="Output fps.  [default: the input's / --every]")
+@click.option("--blend", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="frames mode: share of the previous output blended into each frame's start.")
+@click.option("--blend-space", type=click.Choice(["latent", "pixel"]), default="latent", show_default=True)
+@click.option("--no-flow", is_flag=True, help="Blend the previous output without warping it along the motion.")
+@click.option("--fresh-noise", is_flag=True, help="New noise for every frame (more flicker; for comparison).")
+@click.option("--controlnet", "controlnets", nargs=2, multiple=True, metavar="MODEL SOURCE",
+              help="ControlNet and its images (folder, image, video); SOURCE 'openpose' = poses of the input "
+                   "(needs lcmvideo[pose]). Repeatable.")
+@click.option("--no-audio", is_flag=True, help="Leave the input's audio out of the MP4.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted restyle of the same output.")
+@click.option("--restart", is_flag=True, help="Discard an interrupted restyle's work and start over.")
+@click.option("--no-report", is_flag=True, help="Skip the flicker measurement.")
+@model_options
+@click.pass_obj
+def restyle(obj: Ctx, input_video, schedule_file, output, fmt, prompt, negative_prompt, mode, strength, steps,
+            guidance, seed, start, end, every, max_frames, width, height, fit, fps, blend, blend_space, no_flow,
+            fresh_noise, controlnets, no_audio, resume, restart, no_report, **model_kw):
+    """Restyle a video (MP4, MOV, WebM, GIF or a folder of frames) with a --prompt or a schedule
+    whose prompts and strength travel over the input's frames.
+
+    Prints and records the flicker (warping error) of the output next to the input's own.
+    """
+    from . import control, restyle as rs
+    from .api import Session
+
+    if schedule_file is None and prompt is None:
+        raise click.UsageError("give a SCHEDULE_FILE or --prompt")
+    if resume and restart:
+        raise click.UsageError("--resume and --restart exclude each other")
+    if not input_video.exists():
+        raise click.BadParameter(f"{input_video}: no such file or folder", param_hint="INPUT_VIDEO")
+    specs = []
+    for m, src in controlnets:
+        if src.lower() == "openpose":
+            specs.append(control.ControlSpec(model=None if m.lower() in ("embedded", "default") else m,
+                                             pose_from="input"))
+        else:
+            specs.append(control.from_flag(m, src))
+    opts = rs.Options(mode=mode, start=start, end=end, every=every, max_frames=max_frames, fit=fit, blend=blend,
+                      blend_space=blend_space, flow=not no_flow, fixed_noise=not fresh_noise, audio=not no_audio,
+                      resume=resume, restart=restart, report=not no_report)
+    flags = {k: v for k, v in model_flags(**model_kw).items() if v not in (None, ())}
+    overrides = {k: v for k, v in dict(prompt=prompt, negative_prompt=negative_prompt, strength=strength, steps=steps,
+                                       guidance=guidance, seed=seed, width=width, height=height, fps=fps,
+                                       controlnet=tuple(specs), format=fmt).items() if v not in (None, ())}
+    session = Session(quiet=obj.quiet, verbose=obj.verbose, say=obj.say, **flags)
+    session.restyle_to_file(input_video, output, schedule_file, opts, **overrides)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("video_file", type=click.Path(path_type=Path))
+@click.option("--reference", type=click.Path(path_type=Path),
+              help="The source the video was made from: its motion is the one to follow.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def flicker(video_file, reference, as_json):
+    """Measure flicker: warping error (lower is steadier) and plain frame difference."""
+    import json
+
+    from . import flow, video
+    from .errors import usage
+
+    frames, _ = video.read(video_file)
+    ref = None
+    if reference is not None:
+        ref, _ = video.read(reference)
+        if ref.shape[1:3] != frames.shape[1:3]:
+            from .control import fit
+
+            import numpy as np
+
+            ref = np.stack([fit(f, frames.shape[2], frames.shape[1]) for f in ref])
+        if len(ref) != len(frames):
+            raise usage(f"--reference: {reference} has {len(ref)} frames, {video_file} has {len(frames)}")
+    r = flow.report(frames, ref)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    click.echo(f"warping error     {r['warping_error']:.5f}")
+    click.echo(f"frame difference  {r['frame_difference']:.5f}")
+    if ref is not None:
+        click.echo(f"reference warping error     {r['source_warping_error']:.5f}")
+        click.echo(f"reference frame difference  {r['source_frame_difference']:.5f}")
+
+
 def main(argv=None):
     """Console entry point."""
     cli.main(args=argv, prog_name="lcmvideo")

@@ -133,9 +133,10 @@ class Stylizer:
         return ((img[0].float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
     def __call__(self, image: np.ndarray, prompt: str | tuple, strength: float, index: int = 0,
-                 init_latents=None) -> Frame:
+                 init_latents=None, controls=()) -> Frame:
         """Stylize one (H, W, 3) uint8 frame. `prompt` is a text or (cond, uncond) embeddings;
-        `init_latents` replaces the frame's own encoding (latent blending)."""
+        `init_latents` replaces the frame's own encoding (latent blending); `controls` are
+        (render.Control, frame index) pairs."""
         import torch
         from diffusers.utils.torch_utils import randn_tensor
 
@@ -145,23 +146,35 @@ class Stylizer:
             lat = self.encode(image, g) if init_latents is None else init_latents
             if init_latents is not None:
                 randn_tensor(lat.shape, generator=g, dtype=lat.dtype)  # keep the noise draw aligned
-            if strength <= 0:
-                return Frame(self.decode(lat), lat)
+            if strength <= 0:  # nothing to change: the frame itself, exactly
+                return Frame(np.ascontiguousarray(image), lat)
             total = self._total(strength)
             sched = self.scheduler
             sched.set_timesteps(total, device=self.device)  # the full schedule: its last step adds no noise
             ts = sched.timesteps[-self.steps:]
             noise = randn_tensor(lat.shape, generator=g, device=lat.device, dtype=lat.dtype)
             lat = sched.add_noise(lat, noise, ts[:1])
-            for t in ts:
-                lat = sched.step(self._predict(lat, t, cond, uncond), t, lat, generator=g).prev_sample
+            for k, t in enumerate(ts):
+                active = [(c, i) for c, i in controls if c.active(k, len(ts))]
+                lat = sched.step(self._predict(lat, t, cond, uncond, active), t, lat, generator=g).prev_sample
             return Frame(self.decode(lat), lat)
 
-    def _predict(self, lat, t, cond, uncond):
+    def _predict(self, lat, t, cond, uncond, controls=()):
         import torch
 
+        x = lat if uncond is None else torch.cat([lat, lat])
+        ehs = cond if uncond is None else torch.cat([uncond, cond])
+        extra = {}
+        for c, i in controls:
+            image = c.images[i:i + 1].expand(len(x), -1, -1, -1)
+            d, m = c.net(x, t, encoder_hidden_states=ehs, controlnet_cond=image,
+                         conditioning_scale=float(c.scale[i]), return_dict=False)
+            if extra:
+                d = [a + b for a, b in zip(extra["down_block_additional_residuals"], d)]
+                m = extra["mid_block_additional_residual"] + m
+            extra = {"down_block_additional_residuals": d, "mid_block_additional_residual": m}
+        out = self.unet(x, t, encoder_hidden_states=ehs, **extra).sample
         if uncond is None:
-            return self.unet(lat, t, encoder_hidden_states=cond).sample
-        out = self.unet(torch.cat([lat, lat]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+            return out
         u, c = out.chunk(2)
         return u + self.guidance * (c - u)

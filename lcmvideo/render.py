@@ -111,8 +111,12 @@ class Control:
 
 
 def denoise(models: Models, cond, uncond, guidance, s: Settings, quiet: bool = True, rows=None,
-            controls: list[Control] | None = None):
-    """LCM sampling of (1, C, T, h, w) latents; cond/uncond are per-frame embeddings (T, L, D)."""
+            controls: list[Control] | None = None, start=None, on_step=None):
+    """LCM sampling of (1, C, T, h, w) latents; cond/uncond are per-frame embeddings (T, L, D).
+
+    `start` = (latents, generator, schedule_length, first_step) continues from given noisy
+    latents (video-to-video, resume) over the last steps of a longer LCM schedule;
+    `on_step(step, latents, generator)` sees the latents after each step."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
     from tqdm import tqdm
@@ -120,11 +124,18 @@ def denoise(models: Models, cond, uncond, guidance, s: Settings, quiet: bool = T
     pipe = models.pipe
     unet, sched = pipe.unet, pipe.scheduler
     device = models.spec.device
-    generator = torch.Generator("cpu").manual_seed(s.seed)
-    shape = (1, unet.config.in_channels, s.frames, s.height // pipe.vae_scale_factor, s.width // pipe.vae_scale_factor)
-    latents = randn_tensor(shape, generator=generator, device=torch.device(device), dtype=cond.dtype)
-    latents = latents * sched.init_noise_sigma
-    sched.set_timesteps(s.steps, device=device)
+    if start is None:
+        generator = torch.Generator("cpu").manual_seed(s.seed)
+        shape = (1, unet.config.in_channels, s.frames, s.height // pipe.vae_scale_factor,
+                 s.width // pipe.vae_scale_factor)
+        latents = randn_tensor(shape, generator=generator, device=torch.device(device), dtype=cond.dtype)
+        latents = latents * sched.init_noise_sigma
+        sched.set_timesteps(s.steps, device=device)
+        first = 0
+    else:
+        latents, generator, length, first = start
+        sched.set_timesteps(length, device=device)  # the full schedule: its last step adds no noise
+        first += length - s.steps
     wins = windows(s.frames, min(s.context.length, models.max_frames), s.context.overlap, s.loop)
     travel = lora_travel(models, rows) if rows else None
     cfg = uncond is not None
@@ -136,9 +147,13 @@ def denoise(models: Models, cond, uncond, guidance, s: Settings, quiet: bool = T
     total = torch.zeros(s.frames, device=device, dtype=latents.dtype)
     for win in wins:
         total[win] += w
-    bar = tqdm(total=steps * len(wins), desc="denoise", disable=quiet, leave=False)
+    bar = tqdm(total=(steps - first) * len(wins), desc="denoise", disable=quiet, leave=False)
+    if first:
+        sched.set_begin_index(first)
     for step, t in enumerate(sched.timesteps):
-        active = [c for c in controls or () if c.active(step, steps)]
+        if step < first:
+            continue
+        active = [c for c in controls or () if c.active(step - (steps - s.steps if start else 0), s.steps)]
         noise = torch.zeros_like(latents)
         for group, idx in groups:
             if travel:
@@ -157,6 +172,8 @@ def denoise(models: Models, cond, uncond, guidance, s: Settings, quiet: bool = T
         if len(wins) > 1:
             noise /= total.view(1, 1, -1, 1, 1)
         latents = sched.step(noise, t, latents, generator=generator).prev_sample
+        if on_step:
+            on_step(step, latents, generator)
     bar.close()
     # LCM's result is the denoised estimate of the last step
     return latents

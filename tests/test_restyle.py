@@ -1,0 +1,261 @@
+"""Restyle: input selection, audio, determinism, strength travel, resume, flicker, errors."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lcmvideo import flow, img2img, restyle, video
+from lcmvideo.cli import cli
+from lcmvideo.shapes import world
+
+
+def moving_clip(n=8, size=64, speed=2.0):
+    return world.clip(world.Scene("circle", "red", "black", 14, size / 2, 8, "moving right", speed), n)
+
+
+def write_mp4(path, frames, fps=8.0, audio=False):
+    video.write(frames, path, fps, "mp4")
+    if audio:
+        import imageio_ffmpeg
+
+        tmp = path.with_name("a" + path.name)
+        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(path), "-f", "lavfi", "-i",
+                        f"sine=frequency=440:duration={len(frames) / fps}", "-c:v", "copy", "-c:a", "aac",
+                        "-shortest", str(tmp)], check=True)
+        tmp.replace(path)
+    return path
+
+
+def streams(path):
+    import av
+
+    with av.open(str(path)) as c:
+        return sorted(s.type for s in c.streams)
+
+
+@pytest.fixture(scope="module")
+def session(tiny_dir):
+    from lcmvideo.api import Session
+
+    return Session()
+
+
+@pytest.fixture(scope="module")
+def src_png(tmp_path_factory):
+    d = tmp_path_factory.mktemp("src") / "frames"
+    video.write(moving_clip(), d, 8.0, "png")
+    return d
+
+
+def run(session, src, out, opts=None, **kw):
+    kw.setdefault("prompt", "a blue circle")
+    kw.setdefault("seed", 3)
+    kw.setdefault("steps", 2)
+    return session.restyle_to_file(src, out, options=opts or restyle.Options(report=False), **kw)
+
+
+def test_output_follows_input_and_selection(session, tmp_path):
+    src = write_mp4(tmp_path / "in.mp4", moving_clip(12), fps=12.0)
+    out = run(session, src, tmp_path / "out.mp4", restyle.Options(every=2, start="2", max_frames=4, report=False))
+    frames, fps = video.read(out)
+    assert frames.shape == (4, 64, 64, 3)
+    assert fps == pytest.approx(6.0)
+    meta = json.loads((tmp_path / "out.mp4.json").read_text())
+    assert meta["input"]["start_s"] == pytest.approx(2 / 12, abs=1e-3)
+    assert not restyle.work_dir(out).exists()  # cleaned after the final encode
+
+
+def test_size_rule_keeps_aspect_and_multiples_of_8():
+    assert restyle.size_for(1920, 1080, 512, None, None) == (904, 512)
+    assert restyle.size_for(640, 480, 64, 96, None) == (96, 72)
+    assert restyle.size_for(640, 480, 64, None, None) == (80, 64)
+
+
+def test_time_positions(tmp_path, session):
+    src = write_mp4(tmp_path / "in.mp4", moving_clip(16), fps=8.0)
+    out = run(session, src, tmp_path / "o.gif", restyle.Options(start="0.5s", end="1.25s", report=False))
+    assert len(video.read(out)[0]) == 6  # frames 4..9
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_audio_is_carried_or_dropped(session, tmp_path, keep):
+    src = write_mp4(tmp_path / "in.mp4", moving_clip(8), audio=True)
+    assert streams(src) == ["audio", "video"]
+    out = run(session, src, tmp_path / "out.mp4", restyle.Options(audio=keep, report=False))
+    assert streams(out) == (["audio", "video"] if keep else ["video"])
+    assert len(video.read(out)[0]) == 8
+    assert json.loads((tmp_path / "out.mp4.json").read_text())["output"]["audio"] is keep
+
+
+def test_same_seed_same_output_and_strength_zero_is_identity(session, src_png, tmp_path):
+    a = video.read(run(session, src_png, tmp_path / "a"))[0]
+    b = video.read(run(session, src_png, tmp_path / "b"))[0]
+    c = video.read(run(session, src_png, tmp_path / "c", seed=4))[0]
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    z = video.read(run(session, src_png, tmp_path / "z", strength=0.0))[0]
+    assert np.array_equal(z, video.read(src_png)[0])
+
+
+def test_strength_travel_reaches_each_frame(session, src_png, tmp_path, monkeypatch):
+    seen = {}
+    real = img2img.Stylizer.__call__
+
+    def spy(self, image, prompt, strength, index=0, **kw):
+        seen[index] = strength
+        return real(self, image, prompt, strength, index=index, **kw)
+
+    monkeypatch.setattr(img2img.Stylizer, "__call__", spy)
+    sched = tmp_path / "s.yaml"
+    sched.write_text("keyframes:\n  0: {prompt: a blue circle, strength: 0.2}\n  7: {prompt: a blue circle, strength: 0.9}\n")
+    session.restyle_to_file(src_png, tmp_path / "o", source=sched, options=restyle.Options(report=False), seed=1, steps=2)
+    assert sorted(seen) == list(range(8))
+    assert seen[0] == pytest.approx(0.2) and seen[7] == pytest.approx(0.9)
+    assert seen[3] == pytest.approx(0.2 + 0.7 * 3 / 7)
+
+
+def test_warping_error_orders_smooth_and_noisy():
+    clip = moving_clip(10)
+    noisy = np.clip(clip.astype(int) + np.random.default_rng(0).integers(-40, 41, clip.shape), 0, 255).astype(np.uint8)
+    smooth = flow.warping_error(clip)
+    rough = flow.warping_error(noisy, clip)
+    assert smooth < 0.01
+    assert rough > smooth + 0.05
+    assert flow.frame_difference(noisy) > flow.frame_difference(clip)
+
+
+def test_fixed_noise_flickers_less_than_fresh_noise(session, src_png, tmp_path):
+    src = video.read(src_png)[0]
+    fixed = video.read(run(session, src_png, tmp_path / "f", strength=0.6))[0]
+    fresh = video.read(run(session, src_png, tmp_path / "n", restyle.Options(fixed_noise=False, report=False),
+                           strength=0.6))[0]
+    assert flow.warping_error(fixed, src) < 0.8 * flow.warping_error(fresh, src)
+
+
+def test_blending_lowers_flicker(session, src_png, tmp_path):
+    src = video.read(src_png)[0]
+    plain = video.read(run(session, src_png, tmp_path / "p", restyle.Options(fixed_noise=False, report=False),
+                           strength=0.6))[0]
+    blended = video.read(run(session, src_png, tmp_path / "b",
+                             restyle.Options(fixed_noise=False, blend=0.5, report=False), strength=0.6))[0]
+    assert flow.warping_error(blended, src) < flow.warping_error(plain, src)
+
+
+@pytest.mark.parametrize("opts", [restyle.Options(blend=0.4, report=False),
+                                  restyle.Options(mode="animatediff", report=False)], ids=["frames", "animatediff"])
+def test_resume_after_interrupt_equals_uninterrupted(session, src_png, tmp_path, monkeypatch, opts):
+    whole = video.read(run(session, src_png, tmp_path / "whole", opts))[0]
+    calls = {"n": 0}
+    if opts.mode == "frames":
+        target, name = img2img.Stylizer, "__call__"
+    else:
+        from lcmvideo import render as target
+
+        name = "denoise"
+    real = getattr(target, name)
+
+    def dying(*a, **kw):
+        if opts.mode == "animatediff":  # die after the first finished step
+            step_cb = kw["on_step"]
+
+            def cb(step, lat, gen):
+                step_cb(step, lat, gen)
+                raise KeyboardInterrupt
+            kw["on_step"] = cb
+            return real(*a, **kw)
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(target, name, dying)
+    out = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        run(session, src_png, out, opts)
+    assert not out.exists() and restyle.work_dir(out).exists()
+    monkeypatch.setattr(target, name, real)
+    from lcmvideo.errors import LcmvideoError
+
+    with pytest.raises(LcmvideoError, match="--resume"):
+        run(session, src_png, out, opts)
+    opts_resume = restyle.Options(**{**vars(opts), "resume": True})
+    resumed = video.read(run(session, src_png, out, opts_resume))[0]
+    if opts.mode == "frames":
+        assert np.array_equal(resumed, whole)
+    else:  # the same latents and generator state; CPU kernels may round the last step differently
+        assert np.abs(resumed.astype(int) - whole).max() <= 1
+    if opts.mode == "frames":
+        assert calls["n"] == 4  # frames 0-2 were kept, not redone
+
+
+def test_animatediff_mode_matches_diffusers_video_to_video(session, src_png):
+    import torch
+    from diffusers import AnimateDiffVideoToVideoPipeline
+    from PIL import Image
+
+    src = video.read(src_png)[0]
+    ours, _, _ = session.restyle(src_png, options=restyle.Options(mode="animatediff"), output=src_png.parent / "x.mp4",
+                                 prompt="a blue circle", seed=5, steps=2, strength=0.5)
+    models = session._models
+    pipe = AnimateDiffVideoToVideoPipeline.from_pipe(models.pipe)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(video=[Image.fromarray(f) for f in src], prompt="a blue circle", strength=0.5, num_inference_steps=2,
+               enforce_inference_steps=True, guidance_scale=1.0, generator=torch.Generator().manual_seed(5),
+               output_type="np").frames[0]
+    ref = (ref * 255).round().astype(np.int16)
+    assert np.abs(ours.astype(np.int16) - ref).max() <= 2
+
+
+def test_stylizer_matches_diffusers_img2img(session, src_png):
+    import torch
+    from PIL import Image
+
+    models = session._models or session.models(session.settings(prompt="x"))
+    frame = video.read(src_png)[0][2]
+    sty = img2img.Stylizer(models, steps=3, guidance=1.5, seed=9, negative_prompt="green")
+    ours = sty(frame, "a blue circle", 0.6).image
+    pipe = img2img.img2img_pipeline(models)
+    ref = pipe(prompt="a blue circle", negative_prompt="green", image=Image.fromarray(frame), strength=0.6,
+               num_inference_steps=img2img.schedule_length(sty.scheduler, 3, 0.6), guidance_scale=1.5,
+               generator=torch.Generator().manual_seed(9), output_type="np").images[0]
+    assert np.abs(ours.astype(int) - (ref * 255).round()).max() <= 1
+    assert sty.encodes == 1
+    sty(frame, "a blue circle", 0.6)
+    assert sty.encodes == 1  # the prompt is encoded once
+
+
+@pytest.mark.parametrize("content,code,message", [
+    (b"", 1, "could not read video"),
+    (b"not a video at all" * 50, 1, "could not read video"),
+])
+def test_bad_input_is_one_line_and_no_output(tmp_path, content, code, message, tiny_dir):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(content)
+    out = tmp_path / "out.mp4"
+    r = CliRunner().invoke(cli, ["restyle", str(bad), "-p", "x", "-o", str(out)])
+    assert r.exit_code == code, r.output
+    assert message in r.output and "Traceback" not in r.output
+    assert not out.exists() and not restyle.work_dir(out).exists()
+
+
+def test_missing_input_and_bad_positions(tmp_path, src_png, tiny_dir):
+    r = CliRunner().invoke(cli, ["restyle", str(tmp_path / "nope.mp4"), "-p", "x"])
+    assert r.exit_code == 2 and "nope.mp4" in r.output
+    r = CliRunner().invoke(cli, ["restyle", str(src_png), "-p", "x", "--start", "soon", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--start" in r.output
+    r = CliRunner().invoke(cli, ["restyle", str(src_png), "-p", "x", "--start", "6", "--end", "3",
+                                 "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "nothing selected" in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_flicker_command(tmp_path):
+    clip = moving_clip(8)
+    video.write(clip, tmp_path / "c.mp4", 8.0, "mp4")
+    r = CliRunner().invoke(cli, ["flicker", str(tmp_path / "c.mp4"), "--reference", str(tmp_path / "c.mp4"), "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    assert rep["warping_error"] < 0.02 and rep["source_warping_error"] == rep["warping_error"]
