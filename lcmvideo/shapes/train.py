@@ -1,0 +1,511 @@
+"""Train the shapes-world model family: VAE, text encoder + UNet, motion adapter, ControlNet, LCM-LoRA.
+
+    python -m lcmvideo.shapes.train WORKDIR            # every stage, resuming where it stopped
+    python -m lcmvideo.shapes.train WORKDIR --stage unet
+    python -m lcmvideo.shapes.train WORKDIR --export   # fp16 weights into lcmvideo/data/shapes
+
+Deterministic under --seed: each step's batch and noise come from (seed, stage, step), so a
+resumed stage continues exactly where it stopped. Checkpoints every 200 steps. Not run in CI.
+All models are standard diffusers/transformers classes in SD1.5's structure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import world
+
+STAGES = ("vae", "unet", "motion", "controlnet", "lcm")
+STEPS = {"vae": 500, "unet": 1800, "motion": 600, "controlnet": 700, "lcm": 800}
+BATCH = {"vae": 16, "unet": 32, "motion": 2, "controlnet": 32, "lcm": 24}  # motion: clips of 16 frames
+LR = {"vae": 1e-3, "unet": 4e-4, "motion": 5e-4, "controlnet": 5e-4, "lcm": 5e-4}
+BANK = {"images": 24000, "clips": 2400}
+
+VAE = dict(sample_size=64, in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 64, 64),
+           layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 4,
+           up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8)
+UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 32, 64, 64), layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=64, attention_head_dim=8, norm_num_groups=8)
+TEXT = dict(vocab_size=49408, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
+            max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=64)
+MOTION = dict(block_out_channels=UNET["block_out_channels"], motion_layers_per_block=1,
+              motion_mid_block_layers_per_block=1, motion_num_attention_heads=8, motion_norm_num_groups=32,
+              motion_max_seq_length=32, use_motion_mid_block=True)
+CONTROLNET_EMBED = (16, 16, 32, 32)
+# the real lcm-lora-sdv1-5's targets, at a small rank
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
+                "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
+LORA_RANK = 8
+GUIDANCE_W = (0.5, 2.5)  # teacher CFG during distillation: cond + w (cond - uncond), scale = 1 + w
+DDIM_STEPS = 50
+
+
+class Trainer:
+    def __init__(self, work: Path, seed: int, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.work, self.seed = work, seed
+        work.mkdir(parents=True, exist_ok=True)
+        from ..models import _configure_libraries
+        from ..paths import DATA
+        from ..tokenizer import load_tokenizer
+
+        _configure_libraries()
+        from diffusers import DDPMScheduler, LCMScheduler
+
+        self.tokenizer = load_tokenizer()
+        self.noise = DDPMScheduler.from_config(LCMScheduler.from_pretrained(DATA / "sd15", subfolder="scheduler").config)
+        self._ids: dict = {}
+
+    # ------------------------------------------------------------ plumbing
+    def rng(self, stage: str, step: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, STAGES.index(stage) if stage in STAGES else 99, step])
+
+    def gen(self, stage: str, step: int):
+        import torch
+
+        return torch.Generator().manual_seed(int(self.rng(stage, step).integers(2**62)))
+
+    def log(self, stage: str, text: str):
+        print(f"[{stage}] {text}", flush=True)
+        with open(self.work / f"{stage}.log", "a") as f:
+            f.write(text + "\n")
+
+    def ids(self, captions: list[str]):
+        import torch
+
+        missing = [c for c in dict.fromkeys(captions) if c not in self._ids]
+        if missing:
+            enc = self.tokenizer(missing, padding="max_length", max_length=77, truncation=True).input_ids
+            self._ids.update(zip(missing, enc))
+        return torch.tensor([self._ids[c] for c in captions])
+
+    def loop(self, stage: str, params: list, step_fn, models: dict):
+        """Run `step_fn(step) -> loss` for the stage's steps with AdamW, warmup + cosine, checkpoints."""
+        import torch
+
+        ckpt = self.work / f"{stage}.ckpt.pt"
+        opt = torch.optim.AdamW(params, weight_decay=0.01)
+        total = STEPS[stage]
+        start = 0
+        if ckpt.exists():
+            state = torch.load(ckpt, weights_only=True)
+            for name, m in models.items():
+                m.load_state_dict(state[name])
+            opt.load_state_dict(state["opt"])
+            start = state["step"]
+            self.log(stage, f"resumed at step {start}")
+        t0, losses = time.perf_counter(), []
+        t_log = t0
+        for step in range(start, total):
+            frac = step / total
+            scale = min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+            for grp in opt.param_groups:
+                grp["lr"] = grp["base_lr"] * scale
+            loss = step_fn(step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+            opt.step()
+            losses.append(loss.item())
+            if (step + 1) % 50 == 0:
+                self.log(stage, f"step {step + 1}/{total} loss {np.mean(losses):.4f} "
+                                f"({(time.perf_counter() - t_log) / len(losses):.2f} s/step)")
+                losses, t_log = [], time.perf_counter()
+            if (step + 1) % 200 == 0 or step + 1 == total:
+                state = {name: m.state_dict() for name, m in models.items()}
+                state.update(opt=opt.state_dict(), step=step + 1)
+                torch.save(state, ckpt.with_suffix(".tmp"))
+                ckpt.with_suffix(".tmp").replace(ckpt)
+        return time.perf_counter() - t0
+
+    def groups(self, *pairs):
+        return [{"params": [p for p in m.parameters() if p.requires_grad], "lr": lr, "base_lr": lr} for m, lr in pairs]
+
+    def done(self, stage: str) -> bool:
+        return (self.work / stage / "done").exists()
+
+    def finish(self, stage: str, seconds: float, extra: dict | None = None):
+        info = {"seconds": round(seconds, 1), "steps": STEPS[stage], "batch": BATCH[stage], "seed": self.seed,
+                **(extra or {})}
+        (self.work / stage / "done").write_text(json.dumps(info))
+        self.log(stage, f"done: {info}")
+
+    # ------------------------------------------------------------ data
+    def images(self, n: int, rng) -> tuple[list, np.ndarray]:
+        scenes = [world.sample(rng) for _ in range(n)]
+        return scenes, np.stack([world.draw(s) for s in scenes])
+
+    @staticmethod
+    def to_tensor(frames: np.ndarray):
+        import torch
+
+        return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+    def bank(self):
+        """Latent means/stds of a fixed set of images and clips, encoded once by the trained VAE."""
+        import torch
+
+        from safetensors.torch import load_file, save_file
+
+        path = self.work / "bank.safetensors"
+        if path.exists():
+            out = dict(load_file(path))
+            out.update(json.loads(path.with_suffix(".json").read_text()))
+            return out
+        vae = self.vae()
+        rng = np.random.default_rng([self.seed, 1234])
+        out = {"scenes": [], "clips": []}
+
+        def enc(frames):
+            with torch.no_grad():
+                d = vae.encode(self.to_tensor(frames)).latent_dist
+            return d.mean.half(), d.std.half()
+
+        means, stds = [], []
+        for i in range(0, BANK["images"], 256):
+            scenes, frames = self.images(256, rng)
+            out["scenes"] += [vars(s) for s in scenes]
+            m, s = enc(frames)
+            means.append(m), stds.append(s)
+        out["image_mean"], out["image_std"] = torch.cat(means), torch.cat(stds)
+        means, stds = [], []
+        for i in range(BANK["clips"]):
+            s = world.sample(rng, world.FRAMES)
+            out["clips"].append(vars(s))
+            m, sd = enc(world.clip(s))
+            means.append(m), stds.append(sd)
+        out["clip_mean"], out["clip_std"] = torch.stack(means), torch.stack(stds)
+        save_file({k: v.contiguous() for k, v in out.items() if k.endswith(("_mean", "_std"))}, path.with_suffix(".tmp"))
+        path.with_suffix(".json").write_text(json.dumps({"scenes": out["scenes"], "clips": out["clips"]}))
+        path.with_suffix(".tmp").replace(path)
+        return out
+
+    def sample_latents(self, mean, std, g):
+        import torch
+
+        return (mean.float() + std.float() * torch.randn(mean.shape, generator=g)) * self.scaling
+
+    # ------------------------------------------------------------ stages
+    def stage_vae(self):
+        import torch
+        from diffusers import AutoencoderKL
+
+        torch.manual_seed(self.seed)
+        vae = AutoencoderKL(**VAE)
+
+        def step(i):
+            rng, g = self.rng("vae", i), self.gen("vae", i)
+            _, frames = self.images(BATCH["vae"], rng)
+            x = self.to_tensor(frames)
+            d = vae.encode(x).latent_dist
+            z = d.mean + d.std * torch.randn(d.mean.shape, generator=g)
+            y = vae.decode(z).sample
+            kl = d.kl().mean() / z[0].numel()
+            return (y - x).abs().mean() + ((y - x) ** 2).mean() + 1e-4 * kl
+
+        secs = self.loop("vae", self.groups((vae, LR["vae"])), step, {"vae": vae})
+        with torch.no_grad():
+            _, frames = self.images(512, np.random.default_rng([self.seed, 7]))
+            z = vae.encode(self.to_tensor(frames)).latent_dist.mean
+            err = (vae.decode(z).sample - self.to_tensor(frames)).abs().mean().item() * 127.5
+        vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+        vae.save_pretrained(self.work / "vae")
+        self.finish("vae", secs, {"scaling_factor": float(1.0 / z.std()), "reconstruction_l1_of_255": round(err, 2)})
+
+    def vae(self):
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(self.work / "vae").eval().requires_grad_(False)
+        self.scaling = vae.config.scaling_factor
+        return vae
+
+    def text_and_unet(self, stage: str):
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        te = CLIPTextModel.from_pretrained(self.work / stage / "text_encoder")
+        unet = UNet2DConditionModel.from_pretrained(self.work / stage / "unet")
+        return te, unet
+
+    def stage_unet(self):
+        import torch
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        bank = self.bank()
+        self.vae()
+        torch.manual_seed(self.seed + 1)
+        unet = UNet2DConditionModel(**UNET)
+        te = CLIPTextModel(CLIPTextConfig(**TEXT))
+        n = len(bank["scenes"])
+
+        def step(i):
+            rng, g = self.rng("unet", i), self.gen("unet", i)
+            idx = rng.integers(n, size=BATCH["unet"])
+            caps = [self.caption(world.Scene(**bank["scenes"][j]), rng) for j in idx]
+            x0 = self.sample_latents(bank["image_mean"][idx], bank["image_std"][idx], g)
+            return self.eps_loss(unet, te(self.ids(caps))[0], x0, g)
+
+        secs = self.loop("unet", self.groups((unet, LR["unet"]), (te, LR["unet"] / 2)), step, {"unet": unet, "te": te})
+        unet.save_pretrained(self.work / "unet" / "unet")
+        te.save_pretrained(self.work / "unet" / "text_encoder")
+        self.finish("unet", secs)
+
+    def caption(self, scene, rng, motion: bool = False) -> str:
+        if rng.random() < 0.1:
+            return ""  # unconditional, for classifier-free guidance
+        if not motion:  # a still picture says nothing about motion; any motion word may come with it
+            scene = world.Scene(**{**vars(scene), "motion": list(world.MOTIONS)[rng.integers(len(world.MOTIONS))]})
+            return world.caption(scene, rng, motion=rng.random() < 0.3)
+        return world.caption(scene, rng)
+
+    def eps_loss(self, unet, emb, x0, g, **kw):
+        import torch
+
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, self.noise.config.num_train_timesteps, (x0.shape[0],), generator=g)
+        xt = self.noise.add_noise(x0, noise, t)
+        pred = unet(xt, t, encoder_hidden_states=emb, **kw).sample
+        return torch.nn.functional.mse_loss(pred, noise)
+
+    def stage_motion(self):
+        import torch
+        from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+        bank = self.bank()
+        self.vae()
+        te, unet = self.text_and_unet("unet")
+        te.requires_grad_(False)
+        torch.manual_seed(self.seed + 2)
+        adapter = MotionAdapter(**MOTION)
+        model = UNetMotionModel.from_unet2d(unet, adapter)
+        spatial = [p for n, p in model.named_parameters() if "motion_modules" not in n]
+        motion = [p for n, p in model.named_parameters() if "motion_modules" in n]
+        n, frames = len(bank["clips"]), world.FRAMES
+
+        def step(i):
+            rng, g = self.rng("motion", i), self.gen("motion", i)
+            idx = rng.integers(n, size=BATCH["motion"])
+            caps = [self.caption(world.Scene(**bank["clips"][j]), rng, motion=True) for j in idx]
+            x0 = self.sample_latents(bank["clip_mean"][idx], bank["clip_std"][idx], g)  # (B, F, C, h, w)
+            x0 = x0.permute(0, 2, 1, 3, 4)
+            with torch.no_grad():
+                emb = te(self.ids(caps))[0].repeat_interleave(frames, dim=0)  # one per frame, as the pipeline does
+            return self.eps_loss(model, emb, x0, g)
+
+        groups = [{"params": motion, "lr": LR["motion"], "base_lr": LR["motion"]},
+                  {"params": spatial, "lr": LR["motion"] / 10, "base_lr": LR["motion"] / 10}]
+        secs = self.loop("motion", groups, step, {"model": model})
+        own = model.state_dict()
+        adapter.load_state_dict({k: v for k, v in own.items() if "motion_modules" in k})
+        adapter.save_pretrained(self.work / "motion" / "motion_adapter")
+        base = UNet2DConditionModel(**UNET)
+        base.load_state_dict({k: own[k] for k in base.state_dict()})
+        base.save_pretrained(self.work / "motion" / "unet")
+        te.save_pretrained(self.work / "motion" / "text_encoder")
+        self.finish("motion", secs)
+
+    def stage_controlnet(self):
+        import torch
+        from diffusers import ControlNetModel
+
+        bank = self.bank()
+        self.vae()
+        te, unet = self.text_and_unet("motion")
+        te.requires_grad_(False), unet.requires_grad_(False)
+        torch.manual_seed(self.seed + 3)
+        cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=CONTROLNET_EMBED)
+        n = len(bank["scenes"])
+
+        def step(i):
+            rng, g = self.rng("controlnet", i), self.gen("controlnet", i)
+            idx = rng.integers(n, size=BATCH["controlnet"])
+            scenes = [world.Scene(**bank["scenes"][j]) for j in idx]
+            caps = ["" if rng.random() < 0.3 else self.caption(s, rng) for s in scenes]
+            maps = np.stack([world.position_map(s.x, s.y) for s in scenes])
+            cond = torch.from_numpy(maps).permute(0, 3, 1, 2).float() / 255.0
+            x0 = self.sample_latents(bank["image_mean"][idx], bank["image_std"][idx], g)
+            with torch.no_grad():
+                emb = te(self.ids(caps))[0]
+            noise = torch.randn(x0.shape, generator=g)
+            t = torch.randint(0, self.noise.config.num_train_timesteps, (x0.shape[0],), generator=g)
+            xt = self.noise.add_noise(x0, noise, t)
+            down, mid = cn(xt, t, encoder_hidden_states=emb, controlnet_cond=cond, return_dict=False)
+            pred = unet(xt, t, encoder_hidden_states=emb, down_block_additional_residuals=down,
+                        mid_block_additional_residual=mid).sample
+            return torch.nn.functional.mse_loss(pred, noise)
+
+        secs = self.loop("controlnet", self.groups((cn, LR["controlnet"])), step, {"cn": cn})
+        cn.save_pretrained(self.work / "controlnet" / "controlnet")
+        self.finish("controlnet", secs)
+
+    def stage_lcm(self):
+        """Latent consistency distillation of a LoRA (Luo et al. 2023, LCM-LoRA), DDIM solver, CFG teacher."""
+        import torch
+        from peft import LoraConfig
+
+        bank = self.bank()
+        self.vae()
+        te, unet = self.text_and_unet("motion")
+        te.requires_grad_(False), unet.requires_grad_(False)
+        torch.manual_seed(self.seed + 4)
+        unet.add_adapter(LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, target_modules=LORA_TARGETS,
+                                    init_lora_weights="gaussian"))
+        ac = self.noise.alphas_cumprod
+        alpha, sigma = ac.sqrt(), (1 - ac).sqrt()
+        topk = self.noise.config.num_train_timesteps // DDIM_STEPS
+        ddim_t = torch.arange(1, DDIM_STEPS + 1) * topk - 1
+        ac_prev = torch.cat([ac[:1], ac[ddim_t[:-1]]])
+        with torch.no_grad():
+            uncond1 = te(self.ids([""]))[0]
+        n = len(bank["scenes"])
+
+        def view(v, x):
+            return v.view(-1, *([1] * (x.ndim - 1)))
+
+        def x0_of(eps, t, x):
+            return (x - view(sigma[t], x) * eps) / view(alpha[t], x)
+
+        def step(i):
+            rng, g = self.rng("lcm", i), self.gen("lcm", i)
+            b = BATCH["lcm"]
+            idx = rng.integers(n, size=b)
+            caps = [self.caption(world.Scene(**bank["scenes"][j]), rng) for j in idx]
+            x0 = self.sample_latents(bank["image_mean"][idx], bank["image_std"][idx], g)
+            with torch.no_grad():
+                emb = te(self.ids(caps))[0]
+            uncond = uncond1.expand(b, -1, -1)
+            index = torch.randint(0, DDIM_STEPS, (b,), generator=g)
+            start = ddim_t[index]
+            prev = (start - topk).clamp(min=0)
+            c_skip0, c_out0 = scalings(start)
+            c_skip, c_out = scalings(prev)
+            noise = torch.randn(x0.shape, generator=g)
+            xt = self.noise.add_noise(x0, noise, start)
+            w = view(torch.rand(b, generator=g) * (GUIDANCE_W[1] - GUIDANCE_W[0]) + GUIDANCE_W[0], xt)
+            eps = unet(xt, start, encoder_hidden_states=emb).sample
+            pred = view(c_skip0, xt) * xt + view(c_out0, xt) * x0_of(eps, start, xt)
+            with torch.no_grad():
+                unet.disable_adapters()
+                e_c = unet(xt, start, encoder_hidden_states=emb).sample
+                e_u = unet(xt, start, encoder_hidden_states=uncond).sample
+                unet.enable_adapters()
+                x0_c, x0_u = x0_of(e_c, start, xt), x0_of(e_u, start, xt)
+                x0_g = x0_c + w * (x0_c - x0_u)
+                e_g = e_c + w * (e_c - e_u)
+                a_prev = view(ac_prev[index], xt)
+                x_prev = a_prev.sqrt() * x0_g + (1 - a_prev).sqrt() * e_g
+                e_t = unet(x_prev, prev, encoder_hidden_states=emb).sample
+                target = view(c_skip, xt) * x_prev + view(c_out, xt) * x0_of(e_t, prev, x_prev)
+            c = 1e-3
+            return (torch.sqrt((pred - target) ** 2 + c * c) - c).mean()
+
+        lora = [p for n_, p in unet.named_parameters() if "lora_" in n_]
+        for p in lora:
+            p.requires_grad_(True)
+        groups = [{"params": lora, "lr": LR["lcm"], "base_lr": LR["lcm"]}]
+        secs = self.loop("lcm", groups, step, {"unet": unet})
+        from peft.utils import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        (self.work / "lcm").mkdir(exist_ok=True)
+        save_file(to_kohya({k: v.contiguous() for k, v in get_peft_model_state_dict(unet).items()}),
+                  self.work / "lcm" / "pytorch_lora_weights.safetensors")
+        self.finish("lcm", secs)
+
+    # ------------------------------------------------------------ export
+    def export(self, dest: Path):
+        """fp16 copies of the final weights in diffusers layout, as the embedded default ships them."""
+        import torch
+        from diffusers import AutoencoderKL, ControlNetModel, MotionAdapter, UNet2DConditionModel
+        from safetensors.torch import load_file, save_file
+        from transformers import CLIPTextModel
+
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for cls, src, name in ((AutoencoderKL, self.work / "vae", "vae"),
+                               (UNet2DConditionModel, self.work / "motion" / "unet", "unet"),
+                               (CLIPTextModel, self.work / "motion" / "text_encoder", "text_encoder"),
+                               (MotionAdapter, self.work / "motion" / "motion_adapter", "motion_adapter"),
+                               (ControlNetModel, self.work / "controlnet" / "controlnet", "controlnet")):
+            cls.from_pretrained(src).to(torch.float16).save_pretrained(tmp / name)
+        (tmp / "lcm_lora").mkdir()
+        lora = load_file(self.work / "lcm" / "pytorch_lora_weights.safetensors")
+        save_file({k: v.half() for k, v in lora.items()}, tmp / "lcm_lora" / "pytorch_lora_weights.safetensors")
+        from ..paths import DATA
+
+        shutil.copytree(DATA / "sd15" / "scheduler", tmp / "scheduler")
+        (tmp / "model_index.json").write_text(json.dumps({
+            "_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "LCMScheduler"],
+            "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False,
+        }, indent=2))
+        record = {s: json.loads((self.work / s / "done").read_text()) for s in STAGES}
+        (tmp / "training.json").write_text(json.dumps(record, indent=2))
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.replace(dest)
+        size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+        print(f"exported to {dest}: {size / 1e6:.1f} MB")
+
+
+def scalings(t, sigma_data: float = 0.5, timestep_scaling: float = 10.0):
+    """LCM's boundary-condition scalings c_skip, c_out (as LCMScheduler applies them at sampling)."""
+    s = timestep_scaling * t.float()
+    return sigma_data**2 / (s**2 + sigma_data**2), s / (s**2 + sigma_data**2) ** 0.5
+
+
+def to_kohya(peft_sd: dict) -> dict:
+    """peft keys (`down_blocks.0...to_q.lora_A.weight`) -> lcm-lora-sdv1-5's layout
+    (`lora_unet_down_blocks_0_..._to_q.lora_down.weight`, `.lora_up.weight`, `.alpha`)."""
+    import torch
+
+    out = {}
+    for k, v in peft_sd.items():
+        module, ab = k.rsplit(".lora_", 1)
+        name = "lora_unet_" + module.replace(".", "_")
+        if ab.startswith("A"):
+            out[f"{name}.lora_down.weight"] = v
+            out[f"{name}.alpha"] = torch.tensor(float(v.shape[0]))
+        else:
+            out[f"{name}.lora_up.weight"] = v
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("work", type=Path)
+    ap.add_argument("--stage", choices=STAGES + ("all",), default="all")
+    ap.add_argument("--seed", type=int, default=20261123)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--smoke", action="store_true", help="a few steps of each stage, to check the code")
+    ap.add_argument("--export", type=Path, nargs="?", const=Path(__file__).parent.parent / "data" / "shapes")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        STEPS.update({k: 3 for k in STEPS})
+        BANK.update(images=256, clips=4)
+    t = Trainer(a.work, a.seed, a.threads)
+    if a.export:
+        t.export(a.export)
+        return
+    for stage in STAGES if a.stage == "all" else (a.stage,):
+        if t.done(stage) and a.stage == "all":
+            continue
+        (a.work / stage).mkdir(parents=True, exist_ok=True)
+        getattr(t, f"stage_{stage}")()
+
+
+if __name__ == "__main__":
+    main()
