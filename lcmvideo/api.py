@@ -20,8 +20,12 @@ import numpy as np
 from . import __version__, schedule
 from .schedule import MODEL_KEYS, Settings
 
-EMBEDDED_NOTE = ("using the embedded tiny model family: untrained, for trying the tool; "
-                 "pass --model/--motion/--lcm-lora (or set LCMVIDEO_MODELS_DIR) for real clips")
+def embedded_note() -> str:
+    from . import tiny
+
+    what = ("the embedded shapes-world family (64x64: coloured circles, squares, triangles; see the README)"
+            if tiny.use_shipped() else "the embedded tiny family (random weights, for trying the tool)")
+    return f"using {what}; pass --model/--motion/--lcm-lora (or set LCMVIDEO_MODELS_DIR) for real clips"
 
 
 class Session:
@@ -60,7 +64,7 @@ class Session:
                spec.dtype, spec.fuse, tuple(models.file_stamp(r.path) for r in spec.refs() if r.path))
         if key != self._key:
             if spec.embedded:
-                self.say(EMBEDDED_NOTE)
+                self.say(embedded_note())
             self._models = None  # let the old set go before the new one is built
             self._models = models.load(spec, verbose=self.verbose > 0, quiet=self.quiet, parts=self.parts)
             self._key = key

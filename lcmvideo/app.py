@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from . import __version__, schedule
-from .api import EMBEDDED_NOTE
+from .api import embedded_note
 from .errors import LcmvideoError, runtime, usage
 from .schedule import MODEL_KEYS, Settings
 
@@ -189,7 +189,7 @@ def models_command(schedule_file, flags: dict, as_json: bool = False, echo=print
                          "models_dir": str(spec.models_dir) if spec.models_dir else None, "found": found}, indent=2))
         return
     if spec.embedded:
-        echo(EMBEDDED_NOTE)
+        echo(embedded_note())
     for r in rows:
         what = f"{r['family']}, {r['layout']} layout" if r["path"] else "none"
         w = f" x{r['weight']:g}" if "weight" in r else ""

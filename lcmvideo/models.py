@@ -471,7 +471,7 @@ def describe(spec: ModelSpec) -> dict:
     if spec.embedded:
         from . import tiny
 
-        out["embedded"] = tiny.VERSION
+        out["embedded"] = tiny.version()
     return out
 
 

@@ -1,9 +1,9 @@
-"""The embedded default: a tiny, untrained model family in SD1.5's structure.
+"""The embedded default: a tiny model family in SD1.5's structure, loaded like a user's models.
 
-Built deterministically from fixed seeds with the same diffusers classes as real
-checkpoints, saved once in diffusers layout under the cache, and then loaded through the
-same loaders as a user's models. It exists so that the first command works on a laptop
-CPU in seconds; its pictures are noise-like, not art.
+Normally the shapes-world family trained by lcmvideo/shapes/train.py and shipped as package
+data (fp16 safetensors, diffusers layout). Its random twin, built here from fixed seeds with
+the same classes and configs, serves where the shipped weights are absent or when
+LCMVIDEO_EMBEDDED=random asks for it; its pictures are noise-like.
 """
 
 import json
@@ -13,55 +13,29 @@ from pathlib import Path
 
 from .paths import cache_dir
 
-VERSION = "tiny-v2"  # bump when any config or the build recipe changes
+VERSION = "tiny-v3"  # the random twin; bump when any config or the build recipe changes
+SHAPES_VERSION = "shapes-v1"  # the trained family shipped in lcmvideo/data/shapes
 SEED = 20261122
 
-UNET = dict(
-    sample_size=8,  # latent side: 64 px images
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(32, 64, 64, 64),
-    layers_per_block=1,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=64,
-    attention_head_dim=8,
-    norm_num_groups=8,
-)
-VAE = dict(
-    sample_size=64,
-    in_channels=3,
-    out_channels=3,
-    latent_channels=4,
-    block_out_channels=(32, 32, 64, 64),  # four levels: scale factor 8, as SD1.5
-    layers_per_block=1,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    norm_num_groups=8,
-)
-TEXT = dict(
-    vocab_size=49408,  # the real CLIP vocabulary, so the real tokenizer serves both
-    hidden_size=64,
-    intermediate_size=128,
-    num_attention_heads=4,
-    num_hidden_layers=2,
-    max_position_embeddings=77,
-    hidden_act="quick_gelu",
-    projection_dim=64,
-)
-# AnimateDiff's own values for heads and groups, so the original-layout reader's defaults fit
-MOTION = dict(
-    block_out_channels=UNET["block_out_channels"],
-    motion_layers_per_block=1,
-    motion_mid_block_layers_per_block=1,
-    motion_num_attention_heads=8,
-    motion_norm_num_groups=32,
-    motion_max_seq_length=32,
-    use_motion_mid_block=True,
-)
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-                "conv1", "conv2", "time_emb_proj"]
-LORA_RANK = 4
+# The same structure as the trained shapes-world family, so either can stand in for the other.
+from .shapes.train import CONTROLNET_EMBED, LORA_TARGETS, MOTION, TEXT, UNET, VAE  # noqa: E402
+
+LORA_RANK = 4  # the random twin's LCM-style LoRA
+
+
+def shipped() -> Path:
+    from .paths import DATA
+
+    return DATA / "shapes"
+
+
+def use_shipped() -> bool:
+    """The trained shapes family, unless LCMVIDEO_EMBEDDED=random asks for the random twin."""
+    return os.environ.get("LCMVIDEO_EMBEDDED", "shapes") != "random" and (shipped() / "model_index.json").exists()
+
+
+def version() -> str:
+    return SHAPES_VERSION if use_shipped() else VERSION
 
 
 def tiny_dir() -> Path:
@@ -69,7 +43,9 @@ def tiny_dir() -> Path:
 
 
 def ensure() -> Path:
-    """The tiny family's folder, built on first use (a few seconds)."""
+    """The embedded family's folder: the shipped shapes weights, or the random twin built on first use."""
+    if use_shipped():
+        return shipped()
     d = tiny_dir()
     if not (d / "done").exists():
         build(d)
@@ -110,7 +86,7 @@ def build(out: Path) -> Path:
                 p.normal_(0, 0.02)
     adapter.save_pretrained(tmp / "motion_adapter")
     torch.manual_seed(SEED + 4)
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 16, 32, 32))
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=CONTROLNET_EMBED)
     with torch.no_grad():  # zero-initialised outputs would make an untrained ControlNet a no-op
         for name, p in controlnet.named_parameters():
             if name.startswith("controlnet_cond_embedding") and p.ndim == 4:

@@ -46,7 +46,9 @@ def test_mp4_has_requested_frames_size_and_fps(clip):
     assert fps == pytest.approx(6.0)
     side = json.loads(video.sidecar_path(clip).read_text())
     assert side["output"] == {"frames": 12, "width": 96, "height": 64, "fps": 6.0, "seed": 7}
-    assert side["models"]["embedded"] == "tiny-v2"
+    from lcmvideo import tiny
+
+    assert side["models"]["embedded"] == tiny.version()
     assert side["models"]["base"]["sha256"] and len(side["models"]["base"]["sha256"]) == 12
     assert {"torch", "diffusers", "lcmvideo"} <= set(side["versions"])
     assert video.read_metadata(clip)["settings"] == side["settings"]

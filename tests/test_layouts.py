@@ -69,7 +69,7 @@ def test_ldm_checkpoint_layout(ldm, parts):
     u, v, c = prefixes
     for k in [u + "time_embed.0.weight", u + "input_blocks.0.0.weight", u + "input_blocks.1.0.in_layers.0.weight",
               u + "input_blocks.1.1.proj_in.weight", u + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
-              u + "input_blocks.2.0.op.weight", u + "input_blocks.3.0.skip_connection.weight",
+              u + "input_blocks.2.0.op.weight", u + "input_blocks.5.0.skip_connection.weight",
               u + "middle_block.1.norm.weight", u + "middle_block.2.emb_layers.1.bias",
               u + "output_blocks.1.1.conv.weight", u + "output_blocks.3.2.conv.weight",
               u + "output_blocks.7.1.proj_out.weight", u + "out.2.weight",

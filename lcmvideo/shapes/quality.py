@@ -1,0 +1,74 @@
+"""Measuring the shapes family: prompt following, LCM against its teacher, shared by tests and
+benchmarks/shapes_quality.py.
+
+The teacher is the base UNet without the LCM-LoRA, sampled with DDIM and classifier-free
+guidance (the distillation's setting); the student is the same UNet with the LCM-LoRA fused,
+sampled with LCMScheduler at guidance 1. Both start from the same noise, so their pictures
+can be compared one for one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import analyse, world
+
+TEACHER_GUIDANCE = 2.5  # 1 + the middle of the distillation's w range
+TOLERANCE_PX = 6.0
+
+
+def prompts_and_truth(seeds_per_prompt: int = 2):
+    """Every colour x shape as a prompt, with the colour each picture must have."""
+    out = []
+    for colour in world.COLOURS:
+        for shape in world.SHAPES:
+            for k in range(seeds_per_prompt):
+                out.append((f"a {colour} {shape}", colour, 1000 * len(out) + k))
+    return out
+
+
+def image_pipeline(models, scheduler: str):
+    """A StableDiffusionPipeline over the loaded family's 2D UNet with the named scheduler."""
+    from diffusers import DDIMScheduler, LCMScheduler, StableDiffusionPipeline
+
+    from ..img2img import unet2d
+
+    cls = {"ddim": DDIMScheduler, "lcm": LCMScheduler}[scheduler]
+    p = models.pipe
+    pipe = StableDiffusionPipeline(vae=p.vae, text_encoder=p.text_encoder, tokenizer=p.tokenizer, unet=unet2d(models),
+                                   scheduler=cls.from_config(p.scheduler.config), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> np.ndarray:
+    """(N, 64, 64, 3) uint8 pictures, one per (prompt, seed), from seeded starting noise."""
+    import torch
+
+    shape = (1, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    latents = torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    with torch.inference_mode():
+        out = pipe(prompt=prompts, latents=latents, num_inference_steps=steps, guidance_scale=guidance,
+                   output_type="np").images
+    return (out * 255).round().astype(np.uint8)
+
+
+def colour_rate(frames: np.ndarray, colours: list[str]) -> float:
+    """Share of pictures whose dominant shape colour is the asked one."""
+    return float(np.mean([analyse.read(f).colour == c for f, c in zip(frames, colours)]))
+
+
+def agreement(a: np.ndarray, b: np.ndarray, tol: float = TOLERANCE_PX) -> float:
+    """Share of picture pairs with the same colour and centroids within `tol` pixels."""
+    hits = []
+    for fa, fb in zip(a, b):
+        ra, rb = analyse.read(fa), analyse.read(fb)
+        hits.append(ra.colour is not None and ra.colour == rb.colour
+                    and np.hypot(ra.x - rb.x, ra.y - rb.y) <= tol)
+    return float(np.mean(hits))
+
+
+def pixel_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute pixel difference, 0-1."""
+    return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean() / 255.0)

@@ -1,0 +1,118 @@
+"""The shipped shapes-world family means what its prompts say (read back by the analyser)."""
+
+import numpy as np
+import pytest
+
+from lcmvideo import tiny, video
+from lcmvideo.shapes import analyse, quality, world
+
+pytestmark = pytest.mark.skipif(not tiny.use_shipped(), reason="the shapes weights are not shipped in this checkout")
+
+
+@pytest.fixture(scope="module")
+def session():
+    from lcmvideo.api import Session
+
+    return Session()
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    from lcmvideo.api import Session
+
+    s = Session(lcm_lora="none")
+    return s.models(s.settings(prompt="x"))
+
+
+def clip(session, prompt, seed, frames=16, **kw):
+    return session.render(prompt=prompt, frames=frames, seed=seed, steps=4, **kw)
+
+
+def test_the_world_and_analyser_agree():
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        s = world.sample(rng, 16)
+        frames = world.clip(s)
+        for f in (0, 15):
+            r = analyse.read(frames[f])
+            x, y = s.at(f)
+            assert r.colour == s.colour and abs(r.x - x) < 1.5 and abs(r.y - y) < 1.5
+
+
+def test_prompt_colour_reaches_the_picture(session):
+    hits, total = {}, {}
+    for i, (prompt, colour, seed) in enumerate(quality.prompts_and_truth(seeds_per_prompt=1)):
+        frames = clip(session, prompt, seed, frames=8)
+        ok = [analyse.read(f).colour == colour for f in frames]
+        hits[colour] = hits.get(colour, 0) + sum(ok)
+        total[colour] = total.get(colour, 0) + len(ok)
+    rates = {c: hits[c] / total[c] for c in hits}
+    assert all(r >= 0.9 for r in rates.values()), rates
+
+
+def test_prompt_travel_red_to_blue(session):
+    from lcmvideo.schedule import from_text
+
+    s = from_text("frames: 16\nsteps: 4\nseed: 11\nkeyframes:\n  0: a red circle on a black background\n"
+                  "  15: a blue circle on a black background\n")
+    frames = session.render(s)
+    reads = analyse.read_clip(frames)
+    assert reads[0].colour == "red" and reads[-1].colour == "blue"
+    blue = [r.shares.get("blue", 0.0) for r in reads]
+    assert all(b2 >= b1 - 0.15 for b1, b2 in zip(blue, blue[1:])), blue
+    assert blue[-1] - blue[0] > 0.7
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_motion_words_move_the_shape(session, seed):
+    right = analyse.read_clip(clip(session, "a white square on a black background, moving right", seed))
+    xs = [r.x for r in right]
+    assert xs[-1] - xs[0] > 8, xs
+    still = analyse.read_clip(clip(session, "a white square on a black background, still", seed))
+    pos = np.array([(r.x, r.y) for r in still])
+    assert np.abs(pos - pos[0]).max() < 4, pos
+
+
+def _maps(folder, points):
+    from PIL import Image
+
+    folder.mkdir()
+    for i, (x, y) in enumerate(points):
+        Image.fromarray(world.position_map(x, y)).save(folder / f"{i:04d}.png")
+    return folder
+
+
+def test_controlnet_map_places_the_shape(session, tmp_path):
+    from lcmvideo.control import ControlSpec
+
+    fixed = [(20, 44)] * 16
+    moving = [(12 + 2.5 * i, 30) for i in range(16)]
+    for name, points in (("fixed", fixed), ("moving", moving)):
+        spec = ControlSpec(images=str(_maps(tmp_path / name, points)))
+        frames = session.render(prompt="a green triangle", frames=16, seed=5, steps=4, controlnet=(spec,))
+        reads = analyse.read_clip(frames)
+        near = [np.hypot(r.x - x, r.y - y) <= quality.TOLERANCE_PX for r, (x, y) in zip(reads, points)]
+        assert np.mean(near) >= 0.9, (name, [(round(r.x), round(r.y)) for r in reads])
+
+
+def test_lcm_four_steps_agrees_with_the_fifty_step_teacher(session, teacher):
+    cases = quality.prompts_and_truth(seeds_per_prompt=1)
+    prompts, seeds = [p for p, _, _ in cases], [s for _, _, s in cases]
+    student = session.models(session.settings(prompt="x"))
+    lcm4 = quality.generate(quality.image_pipeline(student, "lcm"), prompts, seeds, 4, 1.0)
+    t50 = quality.generate(quality.image_pipeline(teacher, "ddim"), prompts, seeds, 50, quality.TEACHER_GUIDANCE)
+    t4 = quality.generate(quality.image_pipeline(teacher, "ddim"), prompts, seeds, 4, quality.TEACHER_GUIDANCE)
+    assert quality.agreement(lcm4, t50) >= 0.9
+    assert quality.pixel_distance(lcm4, t50) < quality.pixel_distance(t4, t50)
+
+
+def test_restyle_changes_colour_and_keeps_the_track(session, tmp_path):
+    from lcmvideo import restyle
+
+    src = world.clip(world.Scene("circle", "red", "black", 16, 32, 9, "moving right", 2.0), 16)
+    video.write(src, tmp_path / "src", 8.0, "png")
+    out, _, _ = session.restyle(tmp_path / "src", prompt="a blue circle", strength=0.6, seed=2, steps=4,
+                                options=restyle.Options(report=False), output=tmp_path / "o.mp4")
+    reads, truth = analyse.read_clip(out), analyse.read_clip(src)
+    assert np.mean([r.colour == "blue" for r in reads]) >= 0.9
+    assert max(np.hypot(a.x - b.x, a.y - b.y) for a, b in zip(reads, truth)) <= quality.TOLERANCE_PX
