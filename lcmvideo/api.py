@@ -20,6 +20,20 @@ import numpy as np
 from . import __version__, schedule
 from .schedule import MODEL_KEYS, Settings
 
+def _live(session, source=None, camera=None, prompts=("",), *, steps=2, guidance=1.0, seed=0, loop=False,
+          **options):
+    from . import img2img, live
+
+    s = session.settings(prompt=prompts[0], steps=steps)
+    models = session.models(s)
+    options.setdefault("width", models.native_size)
+    options.setdefault("height", models.native_size)
+    options.setdefault("window", False)
+    sty = img2img.Stylizer(models, steps=steps, guidance=guidance, seed=seed, negative_prompt=s.negative_prompt)
+    src = source if isinstance(source, live.Source) else live.open_source(camera, source and str(source), loop)
+    return live.run(sty, src, live.Options(prompts=list(prompts), seed=seed, **options), say=session.say)
+
+
 def embedded_note() -> str:
     from . import tiny
 
@@ -112,6 +126,11 @@ class Session:
                  f"seed {s.seed} ({time.perf_counter() - t0:.1f}s)")
         return out
 
+
+    def live(self, source=None, camera=None, prompts=("",), **options):
+        """Stylize a camera, video file or live.Source in real time; returns the live.Summary.
+        Options as live.Options (out=, max_frames=, duration=, strength=, similarity=, ...)."""
+        return _live(self, source, camera, prompts, **options)
 
     def restyle(self, video, source=None, options=None, output=None, **overrides):
         """Restyle a video (file or PNG folder): (frames (T, H, W, 3) uint8, its Source, the Settings).

@@ -275,3 +275,61 @@ def convert_command(source: Path, output: Path | None, echo=print):
         raise usage(f"{output}: the folder {Path(output).resolve().parent} does not exist")
     write_text(output, text)
     echo(f"wrote {output}", err=True)
+
+
+def live_command(schedule_file, model_flags: dict, o: dict, say=print, quiet: bool = False, verbose: int = 0):
+    """Load the models once, open the source, run the live loop, print the summary."""
+    import signal
+
+    from . import img2img, live
+    from .api import Session
+    from .schedule import full_prompt
+
+    session = Session(quiet=quiet, verbose=verbose, say=say, **model_flags)
+    s = session.settings(schedule_file, prompt=o["prompts"][0] if o["prompts"] else None, steps=o["steps"])
+    prompts = o["prompts"] or [full_prompt(s, k) for k in s.resolved]
+    if not prompts or not any(prompts):
+        raise usage("live: give --prompt (repeatable) or a schedule file with prompts")
+    models = session.models(s)
+    native = models.native_size
+    w, h = o["width"] or native, o["height"] or native
+    if w % 8 or h % 8:
+        raise usage(f"--width/--height: must be multiples of 8, got {w}x{h}")
+    controls = None
+    if o["controlnet"]:
+        controls = live_pose_controls(models, o["controlnet"], w, h)
+    sty = img2img.Stylizer(models, steps=o["steps"], guidance=o["guidance"], seed=o["seed"],
+                           negative_prompt=s.negative_prompt)
+    src = live.open_source(o["camera"], o["source"], o["loop"])
+    opts = live.Options(prompts=prompts, strength=o["strength"], width=w, height=h, fit=o["fit"], out=o["out"],
+                        fps=o["fps"], max_frames=o["max_frames"], duration=o["duration"], similarity=o["similarity"],
+                        window=o["window"], virtual_cam=o["virtual_cam"], seed=o["seed"])
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as KeyboardInterrupt, handled in run()
+    summary = live.run(sty, src, opts, say=say, controls=controls)
+    echo = say if quiet else (lambda m: print(m, flush=True))
+    echo(summary.line())
+    if summary.recording:
+        echo(f"recorded {summary.recording}: {summary.frames_out} frames")
+    if summary.interrupted:
+        raise KeyboardInterrupt
+    return summary
+
+
+def live_pose_controls(models, model: str, width: int, height: int):
+    """A function frame -> [Control] conditioning on the pose of that frame (pose extra)."""
+    import torch
+
+    from . import pose
+    from .models import resolve_controlnet
+    from .render import Control
+
+    net = models.controlnet(resolve_controlnet(model, models.spec, "--controlnet"))
+    est = pose.MediaPipePose()
+    dtype, device = models.pipe.unet.dtype, models.spec.device
+
+    def controls(frame):
+        img = pose.draw(est(frame), width, height)
+        t = torch.from_numpy(img).to(device).permute(2, 0, 1)[None].to(dtype) / 255.0
+        return [Control(net, t, torch.ones(1, device=device, dtype=dtype))]
+
+    return controls

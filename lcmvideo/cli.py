@@ -337,6 +337,50 @@ def flicker(video_file, reference, as_json):
         click.echo(f"reference frame difference  {r['source_frame_difference']:.5f}")
 
 
+@cli.command(context_settings=CONTEXT)
+@click.argument("schedule_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--camera", metavar="INDEX|DEVICE", help="Camera index or device path.  [default: 0]")
+@click.option("--source", metavar="FILE|synthetic", help="A video file played in real time, or 'synthetic'.")
+@click.option("--loop", is_flag=True, help="Play --source FILE again when it ends.")
+@click.option("-p", "--prompt", "prompts", multiple=True, help="Prompt; repeat to cycle with the p key.")
+@click.option("--strength", type=click.FloatRange(0.05, 1), default=0.5, show_default=True)
+@click.option("--steps", type=click.IntRange(1, 8), default=2, show_default=True, help="LCM steps actually run.")
+@click.option("--guidance", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("-W", "--width", type=click.IntRange(min=8), help="Width (multiple of 8).  [default: model's]")
+@click.option("-H", "--height", type=click.IntRange(min=8), help="Height (multiple of 8).  [default: model's]")
+@click.option("--fit", type=click.Choice(["crop", "pad", "stretch"]), default="crop", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Record to this MP4.")
+@click.option("--fps", type=click.FloatRange(min=1, max=240), help="Recording fps.  [default: the source's]")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many output frames.")
+@click.option("--duration", type=click.FloatRange(min=0.1), help="Stop after this many seconds.")
+@click.option("--similarity-threshold", type=click.FloatRange(0, 1),
+              help="Skip frames whose cosine similarity to the last processed one exceeds this (e.g. 0.98).")
+@click.option("--no-window", is_flag=True, help="Never open a window (record and log instead).")
+@click.option("--virtual-cam", is_flag=True, help="Also send frames to a virtual camera (lcmvideo[virtualcam]).")
+@click.option("--controlnet", "controlnet", metavar="MODEL",
+              help="An OpenPose ControlNet ('embedded' for the embedded one): poses of each frame (lcmvideo[pose]).")
+@model_options
+@click.pass_obj
+def live(obj: Ctx, schedule_file, camera, source, loop, prompts, strength, steps, guidance, seed, width, height, fit,
+         out, fps, max_frames, duration, similarity_threshold, no_window, virtual_cam, controlnet, **model_kw):
+    """Stylize a camera (or a video, or a synthetic source) in real time.
+
+    Keys in the window: q/Esc quit, space pause, s snapshot, p next prompt. Without a display
+    the result is recorded (default live.mp4) and fps is logged. Ctrl-C stops cleanly.
+    """
+    from . import app
+
+    if camera is not None and source is not None:
+        raise click.UsageError("--camera and --source exclude each other")
+    flags = {k: v for k, v in model_flags(**model_kw).items() if v not in (None, ())}
+    app.live_command(schedule_file, flags, dict(
+        camera=camera, source=source, loop=loop, prompts=list(prompts), strength=strength, steps=steps,
+        guidance=guidance, seed=seed, width=width, height=height, fit=fit, out=out, fps=fps, max_frames=max_frames,
+        duration=duration, similarity=similarity_threshold, window=not no_window, virtual_cam=virtual_cam,
+        controlnet=controlnet), say=obj.say, quiet=obj.quiet, verbose=obj.verbose)
+
+
 def main(argv=None):
     """Console entry point."""
     cli.main(args=argv, prog_name="lcmvideo")
