@@ -152,6 +152,6 @@ def test_sigint_leaves_a_valid_recording(tmp_path):
 def test_session_live_api(tmp_path, tiny_dir):
     from lcmvideo import Session
 
-    s = Session().live(live.Synthetic(fps=0, size=64, frames=20), prompts=["a red circle"], steps=1,
+    s = Session().live(live.Synthetic(fps=30, size=64), prompts=["a red circle"], steps=1,
                        max_frames=3, out=tmp_path / "r.mp4", fps=8)
     assert s.frames_out == 3 and video.read(tmp_path / "r.mp4")[0].shape[0] == 3
