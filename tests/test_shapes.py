@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
+import torch
 
 from lcmvideo import tiny, video
 from lcmvideo.shapes import analyse, quality, world
 
-pytestmark = pytest.mark.skipif(not tiny.use_shipped(), reason="the shapes weights are not shipped in this checkout")
+trained = pytest.mark.skipif(not tiny.use_shipped(), reason="the shapes weights are not shipped in this checkout")
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,7 @@ def test_the_world_and_analyser_agree():
             assert r.colour == s.colour and abs(r.x - x) < 1.5 and abs(r.y - y) < 1.5
 
 
+@trained
 def test_prompt_colour_reaches_the_picture(session):
     hits, total = {}, {}
     for i, (prompt, colour, seed) in enumerate(quality.prompts_and_truth(seeds_per_prompt=1)):
@@ -50,6 +52,7 @@ def test_prompt_colour_reaches_the_picture(session):
     assert all(r >= 0.9 for r in rates.values()), rates
 
 
+@trained
 def test_prompt_travel_red_to_blue(session):
     from lcmvideo.schedule import from_text
 
@@ -63,6 +66,7 @@ def test_prompt_travel_red_to_blue(session):
     assert blue[-1] - blue[0] > 0.7
 
 
+@trained
 @pytest.mark.parametrize("seed", [3, 4])
 def test_motion_words_move_the_shape(session, seed):
     right = analyse.read_clip(clip(session, "a white square on a black background, moving right", seed))
@@ -82,6 +86,7 @@ def _maps(folder, points):
     return folder
 
 
+@trained
 def test_controlnet_map_places_the_shape(session, tmp_path):
     from lcmvideo.control import ControlSpec
 
@@ -95,6 +100,7 @@ def test_controlnet_map_places_the_shape(session, tmp_path):
         assert np.mean(near) >= 0.9, (name, [(round(r.x), round(r.y)) for r in reads])
 
 
+@trained
 def test_lcm_four_steps_agrees_with_the_fifty_step_teacher(session, teacher):
     cases = quality.prompts_and_truth(seeds_per_prompt=1)
     prompts, seeds = [p for p, _, _ in cases], [s for _, _, s in cases]
@@ -106,6 +112,7 @@ def test_lcm_four_steps_agrees_with_the_fifty_step_teacher(session, teacher):
     assert quality.pixel_distance(lcm4, t50) < quality.pixel_distance(t4, t50)
 
 
+@trained
 def test_restyle_changes_colour_and_keeps_the_track(session, tmp_path):
     from lcmvideo import restyle
 
@@ -116,3 +123,41 @@ def test_restyle_changes_colour_and_keeps_the_track(session, tmp_path):
     reads, truth = analyse.read_clip(out), analyse.read_clip(src)
     assert np.mean([r.colour == "blue" for r in reads]) >= 0.9
     assert max(np.hypot(a.x - b.x, a.y - b.y) for a, b in zip(reads, truth)) <= quality.TOLERANCE_PX
+
+
+def test_captions_and_position_maps():
+    s = world.Scene("triangle", "yellow", "gray", 20, 30, 8, "moving up", 2.0)
+    assert world.caption(s) == "a yellow triangle on a gray background, moving up"
+    short = {world.caption(s, np.random.default_rng(i)) for i in range(40)}
+    assert "a yellow triangle" in short and len(short) == 4
+    m = world.position_map(20, 30)
+    ys, xs = np.nonzero(m[..., 0] > 128)
+    assert abs(xs.mean() - 20) < 0.5 and abs(ys.mean() - 30) < 0.5
+
+
+def test_training_is_deterministic_and_resumes(tmp_path, monkeypatch):
+    """A stage killed after a checkpoint and resumed ends with the same weights as an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from lcmvideo.shapes import train
+
+    monkeypatch.setitem(train.STEPS, "vae", 4)
+    monkeypatch.setattr(train, "CHECKPOINT_EVERY", 1)
+    train.main([str(tmp_path / "a"), "--stage", "vae", "--threads", "1"])
+    real, calls = train.Trainer.images, {"n": 0}
+
+    def dying(self, n, rng):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, n, rng)
+
+    monkeypatch.setattr(train.Trainer, "images", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train.main([str(tmp_path / "b"), "--stage", "vae", "--threads", "1"])
+    monkeypatch.setattr(train.Trainer, "images", real)
+    train.main([str(tmp_path / "b"), "--stage", "vae", "--threads", "1"])
+    assert "resumed at step 2" in (tmp_path / "b" / "vae.log").read_text()
+    a = load_file(tmp_path / "a" / "vae" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "b" / "vae" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -5,7 +5,7 @@
     python -m lcmvideo.shapes.train WORKDIR --export   # fp16 weights into lcmvideo/data/shapes
 
 Deterministic under --seed: each step's batch and noise come from (seed, stage, step), so a
-resumed stage continues exactly where it stopped. Checkpoints every 200 steps. Not run in CI.
+resumed stage continues exactly where it stopped. Checkpoints every CHECKPOINT_EVERY steps. Not run in CI.
 All models are standard diffusers/transformers classes in SD1.5's structure.
 """
 
@@ -23,10 +23,11 @@ import numpy as np
 from . import world
 
 STAGES = ("vae", "unet", "motion", "controlnet", "lcm")
-STEPS = {"vae": 500, "unet": 1800, "motion": 600, "controlnet": 700, "lcm": 800}
+STEPS = {"vae": 500, "unet": 2800, "motion": 500, "controlnet": 600, "lcm": 700}
 BATCH = {"vae": 16, "unet": 32, "motion": 2, "controlnet": 32, "lcm": 24}  # motion: clips of 16 frames
 LR = {"vae": 1e-3, "unet": 4e-4, "motion": 5e-4, "controlnet": 5e-4, "lcm": 5e-4}
 BANK = {"images": 24000, "clips": 2400}
+CHECKPOINT_EVERY = 200  # steps
 
 VAE = dict(sample_size=64, in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 64, 64),
            layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 4,
@@ -103,6 +104,8 @@ class Trainer:
             for name, m in models.items():
                 m.load_state_dict(state[name])
             opt.load_state_dict(state["opt"])
+            for g, want in zip(opt.param_groups, params):  # learning rates come from the code, not the file
+                g["base_lr"] = want["base_lr"]
             start = state["step"]
             self.log(stage, f"resumed at step {start}")
         t0, losses = time.perf_counter(), []
@@ -122,7 +125,7 @@ class Trainer:
                 self.log(stage, f"step {step + 1}/{total} loss {np.mean(losses):.4f} "
                                 f"({(time.perf_counter() - t_log) / len(losses):.2f} s/step)")
                 losses, t_log = [], time.perf_counter()
-            if (step + 1) % 200 == 0 or step + 1 == total:
+            if (step + 1) % CHECKPOINT_EVERY == 0 or step + 1 == total:
                 state = {name: m.state_dict() for name, m in models.items()}
                 state.update(opt=opt.state_dict(), step=step + 1)
                 torch.save(state, ckpt.with_suffix(".tmp"))
@@ -257,7 +260,7 @@ class Trainer:
             x0 = self.sample_latents(bank["image_mean"][idx], bank["image_std"][idx], g)
             return self.eps_loss(unet, te(self.ids(caps))[0], x0, g)
 
-        secs = self.loop("unet", self.groups((unet, LR["unet"]), (te, LR["unet"] / 2)), step, {"unet": unet, "te": te})
+        secs = self.loop("unet", self.groups((unet, LR["unet"]), (te, LR["unet"] * 2.5)), step, {"unet": unet, "te": te})
         unet.save_pretrained(self.work / "unet" / "unet")
         te.save_pretrained(self.work / "unet" / "text_encoder")
         self.finish("unet", secs)
