@@ -98,7 +98,7 @@ def test_random_seed_is_recorded(tmp_path):
     assert r.exit_code == 0
     seed = json.loads(video.sidecar_path(out).read_text())["output"]["seed"]
     assert isinstance(seed, int) and f"seed {seed}" in r.stderr
-    assert "embedded tiny model" in r.stderr
+    assert "using the embedded" in r.stderr
 
 
 def only(path):
