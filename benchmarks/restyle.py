@@ -40,6 +40,7 @@ def plain(models, src: Path, out: Path, prompt: str, steps: int, strength: float
     frames, fps = video.read(src)
     pipe = img2img.img2img_pipeline(models)
     n = img2img.schedule_length(pipe.scheduler, steps, strength)
+    strength = min(1.0, steps / n + 1e-6)  # the pipeline runs int(n * strength) steps: make that `steps`
     outs = []
     for f in frames:
         img = pipe(prompt=prompt, image=Image.fromarray(f), strength=strength, num_inference_steps=n,
@@ -58,7 +59,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
 
-    from lcmvideo import flow, restyle, video
+    from lcmvideo import flow, restyle, tiny, video
     from lcmvideo.api import Session
 
     tmp = Path(tempfile.mkdtemp())
@@ -85,7 +86,7 @@ def main():
                 results[name] = ours(name)
             times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{a.frames} frames 64x64, {a.steps} steps at strength {a.strength}, embedded shapes family, CPU\n")
+    print(f"{a.frames} frames 64x64, {a.steps} steps at strength {a.strength}, embedded family {tiny.version()}, CPU\n")
     print(f"{'run':<14}{'s':>8}{'fps':>8}{'ratio':>8}")
     for k, v in med.items():
         print(f"{k:<14}{v:>8.2f}{a.frames / v:>8.1f}{v / med['plain']:>8.2f}")

@@ -84,6 +84,7 @@ class Stylizer:
         self.fixed_noise = fixed_noise  # the same noise for every frame: the strongest flicker cure
         self.encodes = 0  # text-encoder runs, for tests and the live summary
         self._text: dict = {}
+        self._noise: dict = {}  # latent shape -> fixed draws (see _draws)
 
     def embeddings(self, prompt: str):
         """(cond, uncond or None) for a prompt; encoded on first use only."""
@@ -111,13 +112,41 @@ class Stylizer:
 
         return torch.Generator("cpu").manual_seed(self.seed if self.fixed_noise else self.seed + index)
 
+    def _draws(self, image_shape, index: int):
+        """(VAE-sample noise, start noise, generator for the steps), drawn in the img2img pipeline's
+        order; with fixed noise they are the same every frame, so they are drawn once."""
+        import torch
+        from diffusers.utils.torch_utils import randn_tensor
+
+        f = self.models.pipe.vae_scale_factor
+        shape = (1, self.vae.config.latent_channels, image_shape[0] // f, image_shape[1] // f)
+        if not (self.fixed_noise and shape in self._noise):
+            g = self.generator(index)
+            eps = randn_tensor(shape, generator=g, device=torch.device(self.device), dtype=self.vae.dtype)
+            noise = randn_tensor(shape, generator=g, device=torch.device(self.device), dtype=self.dtype)
+            self._noise[shape] = (eps, noise, g.get_state())
+        eps, noise, state = self._noise[shape]
+        g = torch.Generator("cpu")
+        g.set_state(state)
+        return eps, noise, g
+
+    def _encode(self, image: np.ndarray, eps):
+        x = self._pixels(image)
+        dist = self.vae.encode(x).latent_dist
+        return (dist.mean + dist.std * eps) * self.vae.config.scaling_factor
+
+    def _pixels(self, image: np.ndarray):
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None]
+        return x.to(self.vae.dtype) / 127.5 - 1.0
+
     def encode(self, image: np.ndarray, generator=None):
         """VAE latents (1, 4, h, w) of a uint8 frame, sampled like diffusers' img2img pipeline."""
         import torch
         from diffusers.utils.torch_utils import randn_tensor
 
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None]
-        x = x.to(self.vae.dtype) / 127.5 - 1.0
+        x = self._pixels(image)
         dist = self.vae.encode(x).latent_dist
         if generator is None:
             lat = dist.mode()
@@ -138,22 +167,18 @@ class Stylizer:
         `init_latents` replaces the frame's own encoding (latent blending); `controls` are
         (render.Control, frame index) pairs."""
         import torch
-        from diffusers.utils.torch_utils import randn_tensor
 
         with torch.inference_mode():
             cond, uncond = self.embeddings(prompt) if isinstance(prompt, str) else prompt
-            g = self.generator(index)
-            lat = self.encode(image, g) if init_latents is None else init_latents
-            if init_latents is not None:
-                randn_tensor(lat.shape, generator=g, dtype=lat.dtype)  # keep the noise draw aligned
+            eps, noise, g = self._draws(image.shape, index)
+            lat = self._encode(image, eps) if init_latents is None else init_latents
             if strength <= 0:  # nothing to change: the frame itself, exactly
                 return Frame(np.ascontiguousarray(image), lat)
             total = self._total(strength)
             sched = self.scheduler
             sched.set_timesteps(total, device=self.device)  # the full schedule: its last step adds no noise
             ts = sched.timesteps[-self.steps:]
-            noise = randn_tensor(lat.shape, generator=g, device=lat.device, dtype=lat.dtype)
-            lat = sched.add_noise(lat, noise, ts[:1])
+            lat = sched.add_noise(lat, noise.to(lat.dtype), ts[:1])
             for k, t in enumerate(ts):
                 active = [(c, i) for c, i in controls if c.active(k, len(ts))]
                 lat = sched.step(self._predict(lat, t, cond, uncond, active), t, lat, generator=g).prev_sample

@@ -80,11 +80,21 @@ class Summary:
 # ------------------------------------------------------------------ sources
 
 class Source:
+    """read() returns the next frame when it is due, as a camera does (None at the end)."""
+
     fps: float = 30.0
-    realtime = True  # frames come at `fps` (a file or synthetic clip is paced like a camera)
+    realtime = True  # a file or synthetic clip is paced like a camera; a camera paces itself
+    _due = None
 
     def read(self) -> np.ndarray | None:
         raise NotImplementedError
+
+    def wait(self):
+        if not self.realtime:
+            return
+        now = time.perf_counter()
+        self._due = now if self._due is None else self._due + 1.0 / self.fps
+        time.sleep(max(0.0, self._due - now))
 
     def close(self) -> None:
         pass
@@ -102,6 +112,7 @@ class Synthetic(Source):
 
         if self.frames is not None and self.i >= self.frames:
             return None
+        self.wait()
         s = self.size
         img = np.full((s, s, 3), 20, np.uint8)
         x = s // 2 if self.still else int(s * (0.2 + 0.6 * ((self.i * 2) % 60) / 60))
@@ -127,6 +138,7 @@ class VideoFile(Source):
     def read(self):
         import cv2
 
+        self.wait()
         if self._first is not None:
             f, self._first = self._first, None
         else:
@@ -287,14 +299,11 @@ def run(stylizer, source: Source, opts: Options, say=print, controls=None) -> Su
     lock = threading.Lock()
 
     def capture():
-        seq, t_next = 0, time.perf_counter()
+        seq = 0
         while not stop.is_set():
             frame = source.read()
             if frame is None:
                 break
-            if source.realtime:
-                t_next += 1.0 / source.fps
-                time.sleep(max(0.0, t_next - time.perf_counter()))
             with lock:
                 summary.frames_in += 1
             slot.put(Item(fit(frame, opts.width, opts.height, opts.fit), seq, time.perf_counter()))

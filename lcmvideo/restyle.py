@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -165,11 +166,11 @@ def strengths(rows) -> list[float]:
 
 def frames_mode(models, s: Settings, src: Source, rows, opts: Options, wd: Path, controls, quiet: bool = True,
                 stylizer=None) -> np.ndarray:
-    """Per-frame img2img in order; each finished frame is saved before the next starts."""
+    """Per-frame img2img in order; each finished frame is saved to the work folder as it completes."""
     import torch
     from tqdm import tqdm
 
-    from . import flow, img2img, render
+    from . import img2img, render
 
     sty = stylizer or img2img.Stylizer(models, steps=s.steps, guidance=1.0, seed=s.seed,
                                        negative_prompt=s.negative_prompt, fixed_noise=opts.fixed_noise)
@@ -177,33 +178,45 @@ def frames_mode(models, s: Settings, src: Source, rows, opts: Options, wd: Path,
         cond, uncond, guidance = render.conditioning(models, s, rows)
     power = strengths(rows)
     out, prev_lat = [], None
-    for i in tqdm(range(len(src.frames)), desc="restyle", disable=quiet, leave=False):
-        png, npy = wd / "frames" / f"{i:06d}.png", wd / "frames" / f"{i:06d}.npy"
-        if png.exists() and (opts.blend == 0 or opts.blend_space != "latent" or npy.exists()):
-            out.append(_load_png(png))
-            prev_lat = torch.from_numpy(np.load(npy)) if npy.exists() else None
-            continue
-        image, init = src.frames[i], None
-        if opts.blend > 0 and i > 0:
-            back = flow.flow(src.frames[i], src.frames[i - 1]) if opts.flow else None
-            if opts.blend_space == "pixel":
-                prev = flow.warp(out[-1], back) if back is not None else out[-1]
-                image = ((1 - opts.blend) * image + opts.blend * prev).round().astype(np.uint8)
-            else:
-                with torch.inference_mode():
-                    own = sty.encode(image)
-                p = prev_lat if back is None else _warp_latents(prev_lat, back)
-                init = (1 - opts.blend) * own + opts.blend * p.to(own)
-        sty.guidance = guidance[i]
-        frame = sty(image, (cond[i:i + 1], None if uncond is None else uncond[i:i + 1]), power[i], index=i,
-                    init_latents=init, controls=[(c, i) for c in controls])
-        _save_png(png, frame.image)
-        if opts.blend > 0 and opts.blend_space == "latent":
-            lat = frame.latents.float().cpu().numpy()
-            _save(npy, lambda p: _write_npy(p, lat))
-        out.append(frame.image)
-        prev_lat = frame.latents
+    # finished frames are saved by a writer thread while the next frame is denoised; on any
+    # exit, Ctrl-C included, the writes already queued complete before the work folder is left
+    with ThreadPoolExecutor(max_workers=1) as saver:
+        for i in tqdm(range(len(src.frames)), desc="restyle", disable=quiet, leave=False):
+            prev_lat = _frames_step(i, sty, src, opts, wd, out, prev_lat, cond, uncond, guidance, power, controls,
+                                    saver)
     return np.stack(out)
+
+
+def _frames_step(i, sty, src, opts, wd, out, prev_lat, cond, uncond, guidance, power, controls, saver):
+    """Stylize frame i (or take it from the work folder); returns its latents for the next frame."""
+    import torch
+
+    from . import flow
+
+    png, npy = wd / "frames" / f"{i:06d}.png", wd / "frames" / f"{i:06d}.npy"
+    if png.exists() and (opts.blend == 0 or opts.blend_space != "latent" or npy.exists()):
+        out.append(_load_png(png))
+        return torch.from_numpy(np.load(npy)) if npy.exists() else None
+    image, init = src.frames[i], None
+    if opts.blend > 0 and i > 0:
+        back = flow.flow(src.frames[i], src.frames[i - 1]) if opts.flow else None
+        if opts.blend_space == "pixel":
+            prev = flow.warp(out[-1], back) if back is not None else out[-1]
+            image = ((1 - opts.blend) * image + opts.blend * prev).round().astype(np.uint8)
+        else:
+            with torch.inference_mode():
+                own = sty.encode(image)
+            p = prev_lat if back is None else _warp_latents(prev_lat, back)
+            init = (1 - opts.blend) * own + opts.blend * p.to(own)
+    sty.guidance = guidance[i]
+    frame = sty(image, (cond[i:i + 1], None if uncond is None else uncond[i:i + 1]), power[i], index=i,
+                init_latents=init, controls=[(c, i) for c in controls])
+    if opts.blend > 0 and opts.blend_space == "latent":  # before the PNG: a PNG means the frame is complete
+        lat = frame.latents.float().cpu().numpy()
+        saver.submit(_save, npy, lambda p: _write_npy(p, lat))
+    saver.submit(_save_png, png, frame.image)
+    out.append(frame.image)
+    return frame.latents
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
