@@ -142,8 +142,7 @@ class Stylizer:
         return x.to(self.vae.dtype) / 127.5 - 1.0
 
     def encode(self, image: np.ndarray, generator=None):
-        """VAE latents (1, 4, h, w) of a uint8 frame, sampled like diffusers' img2img pipeline."""
-        import torch
+        """VAE latents (1, 4, h, w) of a uint8 frame: the mean, or sampled with `generator`."""
         from diffusers.utils.torch_utils import randn_tensor
 
         x = self._pixels(image)
