@@ -5,8 +5,10 @@
     frames = session.render(prompt="a red circle", frames=16, seed=1)      # numpy uint8 (T, H, W, 3)
     frames = session.render("prompts/travel.yaml", seed=2)                 # a schedule file + overrides
     session.render_to_file("prompts/travel.yaml", "travel.mp4")           # frames + sidecar, atomically
+    session.restyle_to_file("in.mp4", "out.mp4", prompt="a blue circle", strength=0.5)   # video-to-video
+    session.live("synthetic", prompts=["a blue circle"], max_frames=100, out="rec.mp4")  # real time
 
-The CLI's `render` is a thin layer over this class.
+The CLI's `render`, `restyle` and `live` are thin layers over this class.
 """
 
 from __future__ import annotations
@@ -163,7 +165,12 @@ class Session:
         out = Path(output or overrides.pop("output", None) or video.with_name(video.stem + ".restyled.mp4"))
         fmt = vid.format_for(out, overrides.pop("format", None))
         vid.check_writable(out, fmt)
-        frames, src, s = self.restyle(video, source, opts, out, **overrides)
+        try:
+            frames, src, s = self.restyle(video, source, opts, out, **overrides)
+        except KeyboardInterrupt:
+            if restyle.work_dir(out).exists():
+                self.say(f"finished work is kept in {restyle.work_dir(out)}: run the same command with --resume")
+            raise
         t_run = time.perf_counter()
         meta = {
             schedule.SIDECAR_MARK: {"version": __version__, "command": "restyle", "format": fmt},
