@@ -328,8 +328,8 @@ def restyle(models, s: Settings, src: Source, opts: Options, out: Path, quiet: b
     s.frames, s.height, s.width = len(src.frames), src.frames.shape[1], src.frames.shape[2]
     s = resolve_settings(finish(s), models)
     rows = plan(s)
+    controls = control_images(models, s, src, s.controlnet, quiet)  # before the work folder: errors leave nothing
     wd = prepare_work(out, _job_key(src, s, opts, models.spec), opts, say)
-    controls = control_images(models, s, src, s.controlnet, quiet)
     if opts.mode == "frames":
         return frames_mode(models, s, src, rows, opts, wd, controls, quiet, stylizer)
     return animatediff_mode(models, s, src, rows, opts, wd, controls, quiet, say)

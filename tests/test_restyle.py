@@ -259,3 +259,45 @@ def test_flicker_command(tmp_path):
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output)
     assert rep["warping_error"] < 0.02 and rep["source_warping_error"] == rep["warping_error"]
+
+
+def test_openpose_source_conditions_on_poses_of_the_input(session, src_png, tmp_path, monkeypatch):
+    """`--controlnet MODEL openpose`: every selected input frame's pose is drawn and conditions the net."""
+    from lcmvideo import control, pose
+
+    seen = []
+
+    class FakePose:  # MediaPipePose's interface: frame -> people (normalised COCO-18)
+        def __call__(self, frame):
+            seen.append(frame.shape)
+            p = np.zeros((18, 3))
+            p[:, 0], p[:, 1], p[:, 2] = np.linspace(0.2, 0.8, 18), np.linspace(0.1, 0.9, 18), 1.0
+            return [p]
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(pose, "MediaPipePose", FakePose)
+    plain = video.read(run(session, src_png, tmp_path / "plain"))[0]
+    posed = video.read(run(session, src_png, tmp_path / "posed",
+                           controlnet=(control.ControlSpec(model=None, pose_from="input"),)))[0]
+    assert len(seen) == 8 and seen[0] == (64, 64, 3)
+    assert np.abs(posed.astype(int) - plain).mean() > 1.0
+
+
+def test_missing_pose_extra_is_a_usage_error_and_leaves_nothing(tmp_path, src_png, monkeypatch, tiny_dir):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_mediapipe(name, *a, **kw):
+        if name == "mediapipe":
+            raise ImportError(name)
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_mediapipe)
+    out = tmp_path / "o.mp4"
+    r = CliRunner().invoke(cli, ["restyle", str(src_png), "-p", "x", "--controlnet", "embedded", "openpose",
+                                 "-o", str(out)])
+    assert r.exit_code == 2 and "lcmvideo[pose]" in r.output
+    assert not out.exists() and not restyle.work_dir(out).exists()
