@@ -42,17 +42,25 @@ def valid_mask(back: np.ndarray, fwd: np.ndarray) -> np.ndarray:
     return (s**2).sum(-1) <= 0.01 * ((back**2).sum(-1) + (fw**2).sum(-1)) + 0.5
 
 
-def warping_error(frames: np.ndarray, reference: np.ndarray | None = None) -> float:
-    """Mean occlusion-masked L1 (0-1) between frame t and frame t-1 warped by the reference's flow."""
+def motion(reference: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each frame t >= 1 of a clip: the flow back to t-1 and the mask of pixels it holds for."""
+    out = []
+    for t in range(1, len(reference)):
+        back, fwd = flow(reference[t], reference[t - 1]), flow(reference[t - 1], reference[t])
+        out.append((back, valid_mask(back, fwd)))
+    return out
+
+
+def warping_error(frames: np.ndarray, reference: np.ndarray | None = None, flows=None) -> float:
+    """Mean occlusion-masked L1 (0-1) between frame t and frame t-1 warped by the reference's flow
+    (`flows`: the reference's motion(), when it is already known)."""
     ref = frames if reference is None else reference
     if len(frames) != len(ref):
         raise ValueError(f"{len(frames)} frames against a reference of {len(ref)}")
     if len(frames) < 2:
         return 0.0
     errs = []
-    for t in range(1, len(frames)):
-        back, fwd = flow(ref[t], ref[t - 1]), flow(ref[t - 1], ref[t])
-        m = valid_mask(back, fwd)
+    for t, (back, m) in enumerate(motion(ref) if flows is None else flows, start=1):
         if not m.any():
             continue
         d = np.abs(frames[t].astype(np.float32) - warp(frames[t - 1], back).astype(np.float32)) / 255.0
@@ -70,8 +78,10 @@ def frame_difference(frames: np.ndarray) -> float:
 
 def report(output: np.ndarray, source: np.ndarray | None = None) -> dict:
     """Flicker numbers of an output, with the source's own as the baseline when given."""
-    r = {"warping_error": round(warping_error(output, source), 5), "frame_difference": round(frame_difference(output), 5)}
+    flows = motion(output if source is None else source)  # the slow part: once for both numbers
+    r = {"warping_error": round(warping_error(output, source, flows), 5),
+         "frame_difference": round(frame_difference(output), 5)}
     if source is not None:
-        r["source_warping_error"] = round(warping_error(source), 5)
+        r["source_warping_error"] = round(warping_error(source, flows=flows), 5)
         r["source_frame_difference"] = round(frame_difference(source), 5)
     return r
