@@ -98,7 +98,7 @@ class Session:
 
     def render_to_file(self, source=None, output=None, **overrides) -> Path:
         """Render and write the clip with its sidecar; returns the output path."""
-        from . import models, render, video
+        from . import render, video
 
         t0 = time.perf_counter()
         s = self.settings(source, **overrides)
@@ -113,16 +113,8 @@ class Session:
         frames = render.render(loaded, s, quiet=self.quiet, cache=self.cache)
         t_render = time.perf_counter()
         spec = loaded.spec
-        meta = {
-            schedule.SIDECAR_MARK: {"version": __version__, "command": "render", "format": fmt,
-                                    "job": getattr(s, "_job", None)},
-            "settings": recorded_settings(s, spec),
-            "models": models.describe(spec),
-            "versions": versions(),
-            "output": {"frames": int(frames.shape[0]), "width": int(frames.shape[2]),
-                       "height": int(frames.shape[1]), "fps": s.fps, "seed": s.seed},
-            "timing_s": {"load": round(t_load - t0, 3), "render": round(t_render - t_load, 3)},
-        }
+        meta = sidecar("render", fmt, s, spec, frames, job=getattr(s, "_job", None))
+        meta["timing_s"] = {"load": round(t_load - t0, 3), "render": round(t_render - t_load, 3)}
         video.write(frames, out, s.fps, fmt, meta, quiet=self.quiet)
         self.say(f"wrote {out}: {frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, {s.fps:g} fps, "
                  f"seed {s.seed} ({time.perf_counter() - t0:.1f}s)")
@@ -157,7 +149,7 @@ class Session:
         """Restyle and write the clip (audio copied into MP4), its sidecar and flicker report."""
         import shutil
 
-        from . import flow, models, restyle, video as vid
+        from . import flow, restyle, video as vid
 
         t0 = time.perf_counter()
         opts = options or restyle.Options()
@@ -172,16 +164,9 @@ class Session:
                 self.say(f"finished work is kept in {restyle.work_dir(out)}: run the same command with --resume")
             raise
         t_run = time.perf_counter()
-        meta = {
-            schedule.SIDECAR_MARK: {"version": __version__, "command": "restyle", "format": fmt},
-            "input": {"path": str(video.resolve()), "start_s": round(src.start_s, 3), "fps": src.fps},
-            "restyle": {k: v for k, v in vars(opts).items() if k not in ("resume", "restart")},
-            "settings": recorded_settings(s, self._models.spec),
-            "models": models.describe(self._models.spec),
-            "versions": versions(),
-            "output": {"frames": int(frames.shape[0]), "width": int(frames.shape[2]),
-                       "height": int(frames.shape[1]), "fps": s.fps, "seed": s.seed},
-        }
+        meta = sidecar("restyle", fmt, s, self._models.spec, frames)
+        meta["input"] = {"path": str(video.resolve()), "start_s": round(src.start_s, 3), "fps": src.fps}
+        meta["restyle"] = {k: v for k, v in vars(opts).items() if k not in ("resume", "restart")}
         if opts.report:
             meta["flicker"] = flow.report(frames, src.frames)
             f = meta["flicker"]
@@ -212,6 +197,20 @@ def default_output(schedule_file, s: Settings) -> Path:
     stem = Path(schedule_file).name.split(".")[0] if isinstance(schedule_file, (str, Path)) else "lcmvideo"
     fmt = s.format or "mp4"
     return Path(stem) if fmt == "png" else Path(f"{stem}.{fmt}")
+
+
+def sidecar(command: str, fmt: str, s: Settings, spec, frames: np.ndarray, **mark) -> dict:
+    """The metadata every written clip carries: enough to make it again."""
+    from . import models
+
+    return {
+        schedule.SIDECAR_MARK: {"version": __version__, "command": command, "format": fmt, **mark},
+        "settings": recorded_settings(s, spec),
+        "models": models.describe(spec),
+        "versions": versions(),
+        "output": {"frames": int(frames.shape[0]), "width": int(frames.shape[2]), "height": int(frames.shape[1]),
+                   "fps": s.fps, "seed": s.seed},
+    }
 
 
 def versions() -> dict:

@@ -288,7 +288,7 @@ def restyle(obj: Ctx, input_video, schedule_file, output, fmt, prompt, negative_
     for m, src in controlnets:
         if src.lower() == "openpose":
             specs.append(control.ControlSpec(model=None if m.lower() in ("embedded", "default") else m,
-                                             pose_from="input"))
+                                             pose_from=control.INPUT))
         else:
             specs.append(control.from_flag(m, src))
     opts = rs.Options(mode=mode, start=start, end=end, every=every, max_frames=max_frames, fit=fit, blend=blend,

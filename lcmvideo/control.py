@@ -17,6 +17,7 @@ from .errors import usage
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SOURCE_KEYS = ("images", "video", "openpose", "pose_from")
+INPUT = "<input>"  # pose_from: the clip being restyled, given to load() as `input_frames`
 FITS = ("crop", "pad", "stretch")
 
 
@@ -156,7 +157,7 @@ def assignment(spec: ControlSpec, frames: int) -> list[str | None]:
     return [f"{path.name}#{i}" for i in idx]
 
 
-def _read_image(path: Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -166,14 +167,16 @@ def _read_image(path: Path) -> np.ndarray:
         raise usage(f"{path}: not a readable image ({e})") from None
 
 
-def load(spec: ControlSpec, frames: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Conditioning images (T, H, W, 3) uint8 fitted to the render size, and which frames have one."""
+def load(spec: ControlSpec, frames: int, width: int, height: int,
+         input_frames: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Conditioning images (T, H, W, 3) uint8 fitted to the render size, and which frames have one.
+    `input_frames` are the restyled clip's own frames, for `pose_from: <input>`."""
     kind, src = spec.source
     path = Path(src).expanduser()
     out = np.zeros((frames, height, width, 3), np.uint8)
     present = np.ones(frames, bool)
     if kind == "images" and path.is_file():
-        out[:] = fit(_read_image(path), width, height, spec.fit)
+        out[:] = fit(read_image(path), width, height, spec.fit)
     elif kind in ("images", "openpose"):
         exts = IMAGE_EXTS if kind == "images" else (".json",)
         found = _numbered(path, exts, frames, "image" if kind == "images" else "OpenPose JSON")
@@ -184,7 +187,7 @@ def load(spec: ControlSpec, frames: int, width: int, height: int) -> tuple[np.nd
                 continue
             if p not in cache:
                 if kind == "images":
-                    img = _read_image(p)
+                    img = read_image(p)
                 else:
                     from . import pose
 
@@ -194,6 +197,10 @@ def load(spec: ControlSpec, frames: int, width: int, height: int) -> tuple[np.nd
                     img = pose.draw(people, w, h)
                 cache[p] = fit(img, width, height, spec.fit)
             out[f] = cache[p]
+    elif src == INPUT:
+        if input_frames is None or kind != "pose_from":
+            raise usage(f"controlnet: {kind}: {INPUT} means the input of a restyle; there is none here")
+        picked = input_frames
     else:
         from . import video
 
@@ -202,6 +209,7 @@ def load(spec: ControlSpec, frames: int, width: int, height: int) -> tuple[np.nd
         src_frames, _ = video.read(path)
         idx = _video_indices(len(src_frames), frames, spec, path)
         picked = src_frames[idx]
+    if kind in ("video", "pose_from"):
         if kind == "pose_from":
             from . import pose
 

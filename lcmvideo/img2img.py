@@ -104,9 +104,6 @@ class Stylizer:
             self._text[key] = (enc[0], enc[1] if cfg else None)
         return self._text[key]
 
-    def _total(self, strength: float) -> int:
-        return schedule_length(self.scheduler, self.steps, strength)
-
     def generator(self, index: int = 0):
         import torch
 
@@ -131,8 +128,7 @@ class Stylizer:
         return eps, noise, g
 
     def _encode(self, image: np.ndarray, eps):
-        x = self._pixels(image)
-        dist = self.vae.encode(x).latent_dist
+        dist = self.vae.encode(self._pixels(image)).latent_dist
         return (dist.mean + dist.std * eps) * self.vae.config.scaling_factor
 
     def _pixels(self, image: np.ndarray):
@@ -141,18 +137,9 @@ class Stylizer:
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None]
         return x.to(self.vae.dtype) / 127.5 - 1.0
 
-    def encode(self, image: np.ndarray, generator=None):
-        """VAE latents (1, 4, h, w) of a uint8 frame: the mean, or sampled with `generator`."""
-        from diffusers.utils.torch_utils import randn_tensor
-
-        x = self._pixels(image)
-        dist = self.vae.encode(x).latent_dist
-        if generator is None:
-            lat = dist.mode()
-        else:
-            lat = dist.mean + dist.std * randn_tensor(dist.mean.shape, generator=generator, device=x.device,
-                                                      dtype=dist.mean.dtype)
-        return lat * self.vae.config.scaling_factor
+    def encode(self, image: np.ndarray):
+        """VAE latents (1, 4, h, w) of a uint8 frame: the distribution's mean, no noise."""
+        return self.vae.encode(self._pixels(image)).latent_dist.mode() * self.vae.config.scaling_factor
 
     def decode(self, latents) -> np.ndarray:
         import torch
@@ -173,9 +160,8 @@ class Stylizer:
             lat = self._encode(image, eps) if init_latents is None else init_latents
             if strength <= 0:  # nothing to change: the frame itself, exactly
                 return Frame(np.ascontiguousarray(image), lat)
-            total = self._total(strength)
             sched = self.scheduler
-            sched.set_timesteps(total, device=self.device)  # the full schedule: its last step adds no noise
+            sched.set_timesteps(schedule_length(sched, self.steps, strength), device=self.device)  # the full schedule: its last step adds no noise
             ts = sched.timesteps[-self.steps:]
             lat = sched.add_noise(lat, noise.to(lat.dtype), ts[:1])
             for k, t in enumerate(ts):
@@ -186,19 +172,11 @@ class Stylizer:
     def _predict(self, lat, t, cond, uncond, controls=()):
         import torch
 
+        from .render import control_residuals, guided
+
         x = lat if uncond is None else torch.cat([lat, lat])
         ehs = cond if uncond is None else torch.cat([uncond, cond])
-        extra = {}
-        for c, i in controls:
-            image = c.images[i:i + 1].expand(len(x), -1, -1, -1)
-            d, m = c.net(x, t, encoder_hidden_states=ehs, controlnet_cond=image,
-                         conditioning_scale=float(c.scale[i]), return_dict=False)
-            if extra:
-                d = [a + b for a, b in zip(extra["down_block_additional_residuals"], d)]
-                m = extra["mid_block_additional_residual"] + m
-            extra = {"down_block_additional_residuals": d, "mid_block_additional_residual": m}
-        out = self.unet(x, t, encoder_hidden_states=ehs, **extra).sample
-        if uncond is None:
-            return out
-        u, c = out.chunk(2)
-        return u + self.guidance * (c - u)
+        extra = control_residuals([(c.net, c.images[i:i + 1].expand(len(x), -1, -1, -1),
+                                    c.scale[i:i + 1].expand(len(x))) for c, i in controls], x, t, ehs) \
+            if controls else {}
+        return guided(self.unet(x, t, encoder_hidden_states=ehs, **extra).sample, uncond is not None, self.guidance)

@@ -195,28 +195,43 @@ def _predict(unet, sched, x, t, cond, uncond, g, controls=(), idx=()):
         # ControlNets see frames as a flat batch, in the UNet's (batch, frame) order
         n, ch, length, h, w = x_in.shape
         flat = x_in.transpose(1, 2).reshape(n * length, ch, h, w)
-        down, mid = None, None
+        parts = []
         for c in controls:
             image = torch.cat([c.images[i] for i in idx])
             scale = torch.cat([c.scale[i] for i in idx])
             if uncond is not None:
                 image, scale = torch.cat([image, image]), torch.cat([scale, scale])
-            d, m = c.net(flat, t, encoder_hidden_states=ehs, controlnet_cond=image, conditioning_scale=1.0,
-                         return_dict=False)
-            sv = scale.view(-1, 1, 1, 1).to(flat.dtype)
-            d, m = [r * sv for r in d], m * sv
-            down = d if down is None else [a + b for a, b in zip(down, d)]
-            mid = m if mid is None else mid + m
-        extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+            parts.append((c.net, image, scale))
+        extra = control_residuals(parts, flat, t, ehs)
     out = unet(x_in, t, encoder_hidden_states=ehs, **extra).sample
-    if uncond is None:
+    return guided(out, uncond is not None, g)
+
+
+def control_residuals(parts, x, t, ehs) -> dict:
+    """Summed ControlNet residuals for a flat batch x: parts are (net, images, per-item scale),
+    as UNet keyword arguments."""
+    down, mid = None, None
+    for net, image, scale in parts:
+        d, m = net(x, t, encoder_hidden_states=ehs, controlnet_cond=image, conditioning_scale=1.0, return_dict=False)
+        sv = scale.view(-1, 1, 1, 1).to(x.dtype)
+        d, m = [r * sv for r in d], m * sv
+        down = d if down is None else [a + b for a, b in zip(down, d)]
+        mid = m if mid is None else mid + m
+    return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+
+def guided(out, cfg: bool, g):
+    """Classifier-free guidance over a [uncond, cond] batch (the output itself without CFG)."""
+    if not cfg:
         return out
     u, c = out.chunk(2)
     return u + g * (c - u)
 
 
-def prepare_controls(models: Models, s: Settings, rows: list[FrameRow], cache: dict | None = None) -> list[Control]:
-    """Load each ControlNet (once per path) and its conditioning images for this clip."""
+def prepare_controls(models: Models, s: Settings, rows: list[FrameRow], cache: dict | None = None,
+                     input_frames=None) -> list[Control]:
+    """Load each ControlNet (once per path) and its conditioning images for this clip
+    (`input_frames`: a restyle's input, for poses of the input itself)."""
     import torch
 
     from . import control
@@ -230,7 +245,7 @@ def prepare_controls(models: Models, s: Settings, rows: list[FrameRow], cache: d
         key = (repr(spec), s.frames, s.width, s.height, control.stamp(spec))
         known = {} if cache is None else cache.setdefault("control", {})
         if key not in known:
-            known[key] = control.load(spec, s.frames, s.width, s.height)
+            known[key] = control.load(spec, s.frames, s.width, s.height, input_frames)
         images, present = known[key]
         scale = [spec.scale * r.params["controlnet_scale"] * float(p) for r, p in zip(rows, present)]
         out.append(Control(net, torch.from_numpy(images).to(device).permute(0, 3, 1, 2).to(dtype) / 255.0,

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .control import read_image
 from .errors import usage
 from .schedule import Settings
 
@@ -153,27 +154,20 @@ def _save_png(path: Path, image: np.ndarray) -> None:
     _save(path, lambda p: Image.fromarray(image).save(p, format="PNG"))
 
 
-def _load_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
 def strengths(rows) -> list[float]:
     return [float(r.params["strength"]) for r in rows]
 
 
-def frames_mode(models, s: Settings, src: Source, rows, opts: Options, wd: Path, controls, quiet: bool = True,
-                stylizer=None) -> np.ndarray:
+def frames_mode(models, s: Settings, src: Source, rows, opts: Options, wd: Path, controls,
+                quiet: bool = True) -> np.ndarray:
     """Per-frame img2img in order; each finished frame is saved to the work folder as it completes."""
     import torch
     from tqdm import tqdm
 
     from . import img2img, render
 
-    sty = stylizer or img2img.Stylizer(models, steps=s.steps, guidance=1.0, seed=s.seed,
-                                       negative_prompt=s.negative_prompt, fixed_noise=opts.fixed_noise)
+    sty = img2img.Stylizer(models, steps=s.steps, guidance=1.0, seed=s.seed, negative_prompt=s.negative_prompt,
+                           fixed_noise=opts.fixed_noise)
     with torch.inference_mode():
         cond, uncond, guidance = render.conditioning(models, s, rows)
     power = strengths(rows)
@@ -195,7 +189,7 @@ def _frames_step(i, sty, src, opts, wd, out, prev_lat, cond, uncond, guidance, p
 
     png, npy = wd / "frames" / f"{i:06d}.png", wd / "frames" / f"{i:06d}.npy"
     if png.exists() and (opts.blend == 0 or opts.blend_space != "latent" or npy.exists()):
-        out.append(_load_png(png))
+        out.append(read_image(png))
         return torch.from_numpy(np.load(npy)) if npy.exists() else None
     image, init = src.frames[i], None
     if opts.blend > 0 and i > 0:
@@ -290,37 +284,12 @@ def animatediff_mode(models, s: Settings, src: Source, rows, opts: Options, wd: 
         return render.decode(pipe, latents, quiet)
 
 
-def control_images(models, s: Settings, src: Source, specs, quiet: bool = True) -> list:
-    """ControlNets with their per-frame images: a source of 'openpose' means poses of the input itself."""
+def restyle(models, s: Settings, src: Source, opts: Options, out: Path, quiet: bool = True,
+            say=print) -> np.ndarray:
+    """Restyled frames of `src`, resumable through the work folder beside `out`."""
     import torch
 
-    from . import control, pose
-    from .models import resolve_controlnet
-    from .render import Control
-
-    out = []
-    dtype, device = models.pipe.unet.dtype, models.spec.device
-    for i, spec in enumerate(specs):
-        net = models.controlnet(resolve_controlnet(spec.model, models.spec, f"--controlnet {i + 1}"))
-        if spec.pose_from == "input":
-            est = pose.MediaPipePose()
-            try:
-                images = np.stack([pose.draw(est(f), f.shape[1], f.shape[0]) for f in src.frames])
-            finally:
-                est.close()
-            present = np.ones(len(images), bool)
-        else:
-            images, present = control.load(spec, len(src.frames), s.width, s.height)
-        scale = [spec.scale * float(p) for p in present]
-        out.append(Control(net, torch.from_numpy(images).to(device).permute(0, 3, 1, 2).to(dtype) / 255.0,
-                           torch.tensor(scale, device=device, dtype=dtype), spec.start, spec.end))
-    return out
-
-
-def restyle(models, s: Settings, src: Source, opts: Options, out: Path, quiet: bool = True, say=print,
-            stylizer=None) -> np.ndarray:
-    """Restyled frames of `src`, resumable through the work folder beside `out`."""
-    from .render import resolve_settings
+    from .render import prepare_controls, resolve_settings
     from .schedule import finish, plan
 
     if opts.mode not in MODES:
@@ -328,10 +297,11 @@ def restyle(models, s: Settings, src: Source, opts: Options, out: Path, quiet: b
     s.frames, s.height, s.width = len(src.frames), src.frames.shape[1], src.frames.shape[2]
     s = resolve_settings(finish(s), models)
     rows = plan(s)
-    controls = control_images(models, s, src, s.controlnet, quiet)  # before the work folder: errors leave nothing
+    with torch.inference_mode():  # before the work folder: errors leave nothing
+        controls = prepare_controls(models, s, rows, input_frames=src.frames)
     wd = prepare_work(out, _job_key(src, s, opts, models.spec), opts, say)
     if opts.mode == "frames":
-        return frames_mode(models, s, src, rows, opts, wd, controls, quiet, stylizer)
+        return frames_mode(models, s, src, rows, opts, wd, controls, quiet)
     return animatediff_mode(models, s, src, rows, opts, wd, controls, quiet, say)
 
 

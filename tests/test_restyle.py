@@ -280,7 +280,7 @@ def test_openpose_source_conditions_on_poses_of_the_input(session, src_png, tmp_
     monkeypatch.setattr(pose, "MediaPipePose", FakePose)
     plain = video.read(run(session, src_png, tmp_path / "plain"))[0]
     posed = video.read(run(session, src_png, tmp_path / "posed",
-                           controlnet=(control.ControlSpec(model=None, pose_from="input"),)))[0]
+                           controlnet=(control.ControlSpec(model=None, pose_from=control.INPUT),)))[0]
     assert len(seen) == 8 and seen[0] == (64, 64, 3)
     assert np.abs(posed.astype(int) - plain).mean() > 1.0
 
