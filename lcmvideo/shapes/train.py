@@ -23,11 +23,12 @@ import numpy as np
 from . import world
 
 STAGES = ("vae", "unet", "motion", "controlnet", "lcm")
-STEPS = {"vae": 500, "unet": 2800, "motion": 500, "controlnet": 600, "lcm": 700}
+STEPS = {"vae": 1500, "unet": 2800, "motion": 2000, "controlnet": 1200, "lcm": 2000}
 BATCH = {"vae": 16, "unet": 32, "motion": 2, "controlnet": 32, "lcm": 24}  # motion: clips of 16 frames
-LR = {"vae": 1e-3, "unet": 4e-4, "motion": 5e-4, "controlnet": 5e-4, "lcm": 5e-4}
+LR = {"vae": 1e-3, "unet": 4e-4, "motion": 1e-3, "controlnet": 5e-4, "lcm": 1e-3}
 BANK = {"images": 24000, "clips": 2400}
 CHECKPOINT_EVERY = 200  # steps
+SHAPE_WEIGHT = 9.0  # VAE loss weight of shape pixels over background ones
 
 VAE = dict(sample_size=64, in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 64, 64),
            layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 4,
@@ -46,7 +47,7 @@ CONTROLNET_EMBED = (16, 16, 32, 32)
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
                 "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
 LORA_RANK = 8
-GUIDANCE_W = (0.5, 2.5)  # teacher CFG during distillation: cond + w (cond - uncond), scale = 1 + w
+GUIDANCE_W = (1.0, 2.0)  # teacher CFG during distillation: cond + w (cond - uncond), scale = 1 + w
 DDIM_STEPS = 50
 
 
@@ -91,14 +92,15 @@ class Trainer:
             self._ids.update(zip(missing, enc))
         return torch.tensor([self._ids[c] for c in captions])
 
-    def loop(self, stage: str, params: list, step_fn, models: dict):
-        """Run `step_fn(step) -> loss` for the stage's steps with AdamW, warmup + cosine, checkpoints."""
+    def loop(self, stage: str, params: list, step_fn, models: dict, probe=None):
+        """Run `step_fn(step) -> loss` for the stage's steps with AdamW, warmup + cosine, checkpoints;
+        `probe() -> str`, if given, is logged at each checkpoint (how the stage is doing by its own measure)."""
         import torch
 
         ckpt = self.work / f"{stage}.ckpt.pt"
         opt = torch.optim.AdamW(params, weight_decay=0.01)
         total = STEPS[stage]
-        start = 0
+        start, before = 0, 0.0  # seconds spent before a resume, so `done` records the stage's whole time
         if ckpt.exists():
             state = torch.load(ckpt, weights_only=True)
             for name, m in models.items():
@@ -106,7 +108,7 @@ class Trainer:
             opt.load_state_dict(state["opt"])
             for g, want in zip(opt.param_groups, params):  # learning rates come from the code, not the file
                 g["base_lr"] = want["base_lr"]
-            start = state["step"]
+            start, before = state["step"], float(state.get("seconds", 0.0))
             self.log(stage, f"resumed at step {start}")
         t0, losses = time.perf_counter(), []
         t_log = t0
@@ -127,10 +129,12 @@ class Trainer:
                 losses, t_log = [], time.perf_counter()
             if (step + 1) % CHECKPOINT_EVERY == 0 or step + 1 == total:
                 state = {name: m.state_dict() for name, m in models.items()}
-                state.update(opt=opt.state_dict(), step=step + 1)
+                state.update(opt=opt.state_dict(), step=step + 1, seconds=before + time.perf_counter() - t0)
                 torch.save(state, ckpt.with_suffix(".tmp"))
                 ckpt.with_suffix(".tmp").replace(ckpt)
-        return time.perf_counter() - t0
+                if probe is not None:
+                    self.log(stage, f"step {step + 1} probe: {probe()}")
+        return before + time.perf_counter() - t0
 
     def groups(self, *pairs):
         return [{"params": [p for p in m.parameters() if p.requires_grad], "lr": lr, "base_lr": lr} for m, lr in pairs]
@@ -215,16 +219,27 @@ class Trainer:
             z = d.mean + d.std * torch.randn(d.mean.shape, generator=g)
             y = vae.decode(z).sample
             kl = d.kl().mean() / z[0].numel()
-            return (y - x).abs().mean() + ((y - x) ** 2).mean() + 1e-4 * kl
+            # the shape is ~6 % of the picture: unweighted, the loss is nearly all background and
+            # hues come back wrong (blue decoded as green); weighted, the shape counts ~40 %
+            w = 1.0 + SHAPE_WEIGHT * ((x - x[:, :, :1, :1]).abs().amax(1, keepdim=True) > 0.1).float()
+            return (w * ((y - x).abs() + (y - x) ** 2)).mean() / w.mean() + 1e-4 * kl
 
         secs = self.loop("vae", self.groups((vae, LR["vae"])), step, {"vae": vae})
         with torch.no_grad():
             _, frames = self.images(512, np.random.default_rng([self.seed, 7]))
             z = vae.encode(self.to_tensor(frames)).latent_dist.mean
             err = (vae.decode(z).sample - self.to_tensor(frames)).abs().mean().item() * 127.5
+            # each palette colour on each background, read back by the analyser the tests use
+            pure = [world.Scene("circle", c, b, 32, 32, 9) for c in world.COLOURS for b in world.BACKGROUNDS]
+            back = vae.decode(vae.encode(self.to_tensor(np.stack([world.draw(p) for p in pure]))).latent_dist.mean).sample
+            back = ((back.permute(0, 2, 3, 1).numpy() + 1) * 127.5).clip(0, 255).round().astype(np.uint8)
+            from . import analyse
+
+            hues = sum(analyse.read(f).colour == p.colour for f, p in zip(back, pure))
         vae.register_to_config(scaling_factor=float(1.0 / z.std()))
         vae.save_pretrained(self.work / "vae")
-        self.finish("vae", secs, {"scaling_factor": float(1.0 / z.std()), "reconstruction_l1_of_255": round(err, 2)})
+        self.finish("vae", secs, {"scaling_factor": float(1.0 / z.std()), "reconstruction_l1_of_255": round(err, 2),
+                                  "colours_read_back": f"{hues}/{len(pure)}"})
 
     def vae(self):
         from diffusers import AutoencoderKL
@@ -260,10 +275,29 @@ class Trainer:
             x0 = self.sample_latents(bank["image_mean"][idx], bank["image_std"][idx], g)
             return self.eps_loss(unet, te(self.ids(caps))[0], x0, g)
 
-        secs = self.loop("unet", self.groups((unet, LR["unet"]), (te, LR["unet"] * 2.5)), step, {"unet": unet, "te": te})
+        secs = self.loop("unet", self.groups((unet, LR["unet"]), (te, LR["unet"] * 2.5)), step, {"unet": unet, "te": te},
+                         probe=lambda: self.colour_probe(te, unet))
         unet.save_pretrained(self.work / "unet" / "unet")
         te.save_pretrained(self.work / "unet" / "text_encoder")
         self.finish("unet", secs)
+
+    def colour_probe(self, te, unet) -> str:
+        """Share of 'a <colour> <shape>' pictures (20 DDIM steps, guidance 2.5) whose shape has that colour."""
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        from . import quality
+
+        pipe = StableDiffusionPipeline(vae=self.vae(), text_encoder=te, tokenizer=self.tokenizer, unet=unet,
+                                       scheduler=DDIMScheduler.from_config(self.noise.config), safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        cases = quality.prompts_and_truth(seeds_per_prompt=1)
+        te.eval(), unet.eval()
+        try:
+            out = quality.generate(pipe, [p for p, _, _ in cases], [s for _, _, s in cases], 20, quality.TEACHER_GUIDANCE)
+        finally:
+            te.train(), unet.train()
+        return f"colour {quality.colour_rate(out, [c for _, c, _ in cases]):.2f}"
 
     def caption(self, scene, rng, motion: bool = False) -> str:
         if rng.random() < 0.1:
@@ -283,8 +317,11 @@ class Trainer:
         return torch.nn.functional.mse_loss(pred, noise)
 
     def stage_motion(self):
+        """The motion adapter on clips over the frozen image UNet, its output projections zero-initialised
+        (as AnimateDiff trains it): the adapter starts as the identity and the image model stays the one
+        the ControlNet and the LCM-LoRA are trained on."""
         import torch
-        from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+        from diffusers import MotionAdapter, UNetMotionModel
 
         bank = self.bank()
         self.vae()
@@ -292,8 +329,11 @@ class Trainer:
         te.requires_grad_(False)
         torch.manual_seed(self.seed + 2)
         adapter = MotionAdapter(**MOTION)
+        for name, mod in adapter.named_modules():
+            if name.endswith("proj_out"):
+                torch.nn.init.zeros_(mod.weight), torch.nn.init.zeros_(mod.bias)
         model = UNetMotionModel.from_unet2d(unet, adapter)
-        spatial = [p for n, p in model.named_parameters() if "motion_modules" not in n]
+        model.freeze_unet2d_params()
         motion = [p for n, p in model.named_parameters() if "motion_modules" in n]
         n, frames = len(bank["clips"]), world.FRAMES
 
@@ -307,17 +347,34 @@ class Trainer:
                 emb = te(self.ids(caps))[0].repeat_interleave(frames, dim=0)  # one per frame, as the pipeline does
             return self.eps_loss(model, emb, x0, g)
 
-        groups = [{"params": motion, "lr": LR["motion"], "base_lr": LR["motion"]},
-                  {"params": spatial, "lr": LR["motion"] / 10, "base_lr": LR["motion"] / 10}]
-        secs = self.loop("motion", groups, step, {"model": model})
+        groups = [{"params": motion, "lr": LR["motion"], "base_lr": LR["motion"]}]
+        secs = self.loop("motion", groups, step, {"model": model}, probe=lambda: self.motion_probe(te, model))
         own = model.state_dict()
         adapter.load_state_dict({k: v for k, v in own.items() if "motion_modules" in k})
         adapter.save_pretrained(self.work / "motion" / "motion_adapter")
-        base = UNet2DConditionModel(**UNET)
-        base.load_state_dict({k: own[k] for k in base.state_dict()})
-        base.save_pretrained(self.work / "motion" / "unet")
-        te.save_pretrained(self.work / "motion" / "text_encoder")
         self.finish("motion", secs)
+
+    def motion_probe(self, te, model) -> str:
+        """How far 'moving right' moves the shape over 16 frames, and how far 'still' lets it drift (px)."""
+        from diffusers import AnimateDiffPipeline, DDIMScheduler
+
+        from . import analyse, quality
+
+        pipe = AnimateDiffPipeline(vae=self.vae(), text_encoder=te, tokenizer=self.tokenizer, unet=model,
+                                   motion_adapter=None, scheduler=DDIMScheduler.from_config(self.noise.config))
+        pipe.set_progress_bar_config(disable=True)
+        model.eval()
+        try:
+            rises, drifts = [], []
+            for seed in (1, 2):
+                right = analyse.read_clip(quality.generate_clip(pipe, "a white square, moving right", seed, 20, 2.5))
+                rises.append(right[-1].x - right[0].x)
+                still = analyse.read_clip(quality.generate_clip(pipe, "a white square, still", seed, 20, 2.5))
+                pos = np.array([(r.x, r.y) for r in still])
+                drifts.append(float(np.abs(pos - pos[0]).max()))
+        finally:
+            model.train()
+        return f"right moves {np.round(rises, 1).tolist()} px, still drifts {np.round(drifts, 1).tolist()} px"
 
     def stage_controlnet(self):
         import torch
@@ -325,7 +382,7 @@ class Trainer:
 
         bank = self.bank()
         self.vae()
-        te, unet = self.text_and_unet("motion")
+        te, unet = self.text_and_unet("unet")
         te.requires_grad_(False), unet.requires_grad_(False)
         torch.manual_seed(self.seed + 3)
         cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=CONTROLNET_EMBED)
@@ -349,7 +406,8 @@ class Trainer:
                         mid_block_additional_residual=mid).sample
             return torch.nn.functional.mse_loss(pred, noise)
 
-        secs = self.loop("controlnet", self.groups((cn, LR["controlnet"])), step, {"cn": cn})
+        secs = self.loop("controlnet", self.groups((cn, LR["controlnet"])), step, {"cn": cn},
+                         probe=lambda: self.controlnet_probe(te, unet, cn))
         cn.save_pretrained(self.work / "controlnet" / "controlnet")
         self.finish("controlnet", secs)
 
@@ -360,7 +418,7 @@ class Trainer:
 
         bank = self.bank()
         self.vae()
-        te, unet = self.text_and_unet("motion")
+        te, unet = self.text_and_unet("unet")
         te.requires_grad_(False), unet.requires_grad_(False)
         torch.manual_seed(self.seed + 4)
         unet.add_adapter(LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, target_modules=LORA_TARGETS,
@@ -418,7 +476,7 @@ class Trainer:
         for p in lora:
             p.requires_grad_(True)
         groups = [{"params": lora, "lr": LR["lcm"], "base_lr": LR["lcm"]}]
-        secs = self.loop("lcm", groups, step, {"unet": unet})
+        secs = self.loop("lcm", groups, step, {"unet": unet}, probe=lambda: self.lcm_probe(te, unet))
         from peft.utils import get_peft_model_state_dict
         from safetensors.torch import save_file
 
@@ -426,6 +484,61 @@ class Trainer:
         save_file(to_kohya({k: v.contiguous() for k, v in get_peft_model_state_dict(unet).items()}),
                   self.work / "lcm" / "pytorch_lora_weights.safetensors")
         self.finish("lcm", secs)
+
+    def controlnet_probe(self, te, unet, cn) -> str:
+        """Share of pictures (20 DDIM steps, guidance 2.5) whose shape lands within 6 px of the map's blob."""
+        import torch
+        from diffusers import DDIMScheduler, StableDiffusionControlNetPipeline
+
+        from . import analyse, quality
+
+        pipe = StableDiffusionControlNetPipeline(
+            vae=self.vae(), text_encoder=te, tokenizer=self.tokenizer, unet=unet, controlnet=cn,
+            scheduler=DDIMScheduler.from_config(self.noise.config), safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        points = [(14, 14), (50, 14), (32, 32), (14, 50), (50, 50), (20, 44), (44, 22), (30, 50)]
+        maps = [torch.from_numpy(world.position_map(x, y)).permute(2, 0, 1).float()[None] / 255 for x, y in points]
+        cn.eval()
+        try:
+            near = []
+            for k, ((x, y), m) in enumerate(zip(points, maps)):
+                with torch.inference_mode():
+                    out = pipe(prompt=f"a {list(world.COLOURS)[k % len(world.COLOURS)]} circle", image=m,
+                               num_inference_steps=20, guidance_scale=quality.TEACHER_GUIDANCE, output_type="np",
+                               generator=torch.Generator().manual_seed(k)).images[0]
+                r = analyse.read((out * 255).round().astype(np.uint8))
+                near.append(bool(np.hypot(r.x - x, r.y - y) <= quality.TOLERANCE_PX))
+        finally:
+            cn.train()
+        return f"placed within {quality.TOLERANCE_PX:g} px {np.mean(near):.2f}"
+
+    def lcm_probe(self, te, unet) -> str:
+        """4-step LCM against the 50-step DDIM teacher (guidance 2.5) from the same noise."""
+        from diffusers import DDIMScheduler, LCMScheduler, StableDiffusionPipeline
+
+        from . import quality
+
+        def pipe(cls):
+            p = StableDiffusionPipeline(vae=self.vae(), text_encoder=te, tokenizer=self.tokenizer, unet=unet,
+                                        scheduler=cls.from_config(self.noise.config), safety_checker=None,
+                                        feature_extractor=None, requires_safety_checker=False)
+            p.set_progress_bar_config(disable=True)
+            return p
+
+        cases = quality.prompts_and_truth(seeds_per_prompt=1)
+        prompts, seeds, colours = [p for p, _, _ in cases], [s for _, _, s in cases], [c for _, c, _ in cases]
+        unet.eval()
+        try:
+            if getattr(self, "_teacher50", None) is None:
+                unet.disable_adapters()
+                self._teacher50 = quality.generate(pipe(DDIMScheduler), prompts, seeds, 50, quality.TEACHER_GUIDANCE)
+                unet.enable_adapters()
+            lcm4 = quality.generate(pipe(LCMScheduler), prompts, seeds, 4, 1.0)
+        finally:
+            unet.train()
+        return (f"colour {quality.colour_rate(lcm4, colours):.2f}, agrees with the teacher "
+                f"{quality.agreement(lcm4, self._teacher50):.2f}")
 
     # ------------------------------------------------------------ export
     def export(self, dest: Path):
@@ -439,8 +552,8 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for cls, src, name in ((AutoencoderKL, self.work / "vae", "vae"),
-                               (UNet2DConditionModel, self.work / "motion" / "unet", "unet"),
-                               (CLIPTextModel, self.work / "motion" / "text_encoder", "text_encoder"),
+                               (UNet2DConditionModel, self.work / "unet" / "unet", "unet"),
+                               (CLIPTextModel, self.work / "unet" / "text_encoder", "text_encoder"),
                                (MotionAdapter, self.work / "motion" / "motion_adapter", "motion_adapter"),
                                (ControlNetModel, self.work / "controlnet" / "controlnet", "controlnet")):
             cls.from_pretrained(src).to(torch.float16).save_pretrained(tmp / name)
@@ -453,9 +566,13 @@ class Trainer:
         (tmp / "model_index.json").write_text(json.dumps({
             "_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
             "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "LCMScheduler"],
+            "scheduler": ["diffusers", "LCMScheduler"],
             "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False,
         }, indent=2))
+        (tmp / "README.md").write_text(
+            "lcmvideo's embedded default: the shapes-world family (lcmvideo/shapes/train.py), fp16.\n"
+            "The tokenizer is the real CLIP tokenizer, shipped once in lcmvideo/data/clip "
+            "(lcmvideo.tokenizer.load_tokenizer()).\n")
         record = {s: json.loads((self.work / s / "done").read_text()) for s in STAGES}
         (tmp / "training.json").write_text(json.dumps(record, indent=2))
         shutil.rmtree(dest, ignore_errors=True)
