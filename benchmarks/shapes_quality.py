@@ -1,11 +1,20 @@
 """Speed against quality on the shapes world: LCM at 1, 2, 4, 8 steps, the teacher at 4, 8, 25, 50.
 
-For every colour x shape prompt and a few seeds, each sampler starts from the same noise.
-Printed per sampler: colour accuracy (dominant colour = the prompt's), agreement with the
-50-step teacher (same colour, centroid within 6 px), mean pixel distance to it, and wall
-time per picture. The claim under test: 4 LCM steps come close to 25-50 teacher steps.
+The student is the shipped family with its LCM-LoRA (LCMScheduler, guidance 1); the teacher is
+the same family without it (DDIM, guidance 2.5, the distillation's middle). For every
+colour x shape prompt and a few seeds, each sampler starts from the same noise. Two tables:
 
-    python benchmarks/shapes_quality.py [--seeds 2]
+- pictures (the 2D UNet): colour accuracy, agreement with the 50-step teacher (same colour,
+  centroid within 6 px), mean pixel distance to it, wall time per picture;
+- 16-frame clips (the AnimateDiff pipeline): the same measures over every frame, wall time per clip.
+
+The claim under test: 4 LCM steps come close to 25-50 teacher steps at a fraction of the time.
+A third table gives the ceiling for any multistep LCM sampler here: LCMScheduler re-noises its
+estimate with fresh noise at t = 759, 499, 259 (4 steps); re-noising the teacher's own 50-step
+result there and letting the teacher finish shows how much of the layout survives (8x8 latents
+carry it in a few values, so at t = 759 much of it does not).
+
+    python benchmarks/shapes_quality.py [--seeds 2] [--clip-seeds 1]
 """
 
 from __future__ import annotations
@@ -13,10 +22,34 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
+
+RUNS = [("teacher", 50), ("LCM", 1), ("LCM", 2), ("LCM", 4), ("LCM", 8), ("teacher", 4), ("teacher", 8),
+        ("teacher", 25)]  # the 50-step teacher first: it is the reference
+
+
+def table(title, unit, cases, make):
+    from lcmvideo.shapes import quality
+
+    colours = [c for _, c, _ in cases]
+    print(f"\n{title}\n{'sampler':<10}{'steps':>6}{'colour':>9}{'agree@50':>10}{'dist@50':>9}{unit:>12}")
+    ref = None
+    for name, steps in RUNS:
+        t0 = time.perf_counter()
+        out = make(name, steps)  # (N, ...frames) uint8, one entry per case
+        per = (time.perf_counter() - t0) / len(cases)
+        ref = out if ref is None else ref
+        flat = lambda a: a.reshape(-1, *a.shape[-3:])  # noqa: E731
+        truth = np.repeat(colours, flat(out).shape[0] // len(cases)).tolist()
+        print(f"{name:<10}{steps:>6}{quality.colour_rate(flat(out), truth):>9.0%}"
+              f"{quality.agreement(flat(out), flat(ref)):>10.0%}{quality.pixel_distance(out, ref):>9.3f}"
+              f"{per * (1000 if unit == 'ms/picture' else 1):>12.2f}")
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
+    ap.add_argument("--seeds", type=int, default=2, help="seeds per prompt, pictures")
+    ap.add_argument("--clip-seeds", type=int, default=1, help="seeds per prompt, clips")
     a = ap.parse_args()
 
     from lcmvideo import tiny
@@ -25,24 +58,60 @@ def main():
 
     if not tiny.use_shipped():
         raise SystemExit("the shapes weights are not shipped in this checkout (python -m lcmvideo.shapes.train)")
-    cases = quality.prompts_and_truth(a.seeds)
-    prompts, colours, seeds = [c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases]
     s1, s2 = Session(), Session(lcm_lora="none")
-    student = quality.image_pipeline(s1.models(s1.settings(prompt="x")), "lcm")
-    teacher = quality.image_pipeline(s2.models(s2.settings(prompt="x")), "ddim")
-    runs = [("teacher", teacher, 50, quality.TEACHER_GUIDANCE)]
-    runs += [("LCM", student, n, 1.0) for n in (1, 2, 4, 8)]
-    runs += [("teacher", teacher, n, quality.TEACHER_GUIDANCE) for n in (4, 8, 25)]
-    ref = None
-    print(f"{len(cases)} pictures per sampler ({len(cases) // a.seeds} prompts x {a.seeds} seeds), 64x64, CPU\n")
-    print(f"{'sampler':<10}{'steps':>6}{'colour':>9}{'agree@50':>10}{'dist@50':>9}{'ms/picture':>12}")
-    for name, pipe, steps, g in runs:
-        t0 = time.perf_counter()
-        out = quality.generate(pipe, prompts, seeds, steps, g)
-        ms = 1000 * (time.perf_counter() - t0) / len(cases)
-        ref = out if ref is None else ref
-        print(f"{name:<10}{steps:>6}{quality.colour_rate(out, colours):>9.0%}{quality.agreement(out, ref):>10.0%}"
-              f"{quality.pixel_distance(out, ref):>9.3f}{ms:>12.1f}")
+    student, teacher = s1.models(s1.settings(prompt="x")), s2.models(s2.settings(prompt="x"))
+    guidance = {"LCM": 1.0, "teacher": quality.TEACHER_GUIDANCE}
+
+    cases = quality.prompts_and_truth(a.seeds)
+    pics = {"LCM": quality.image_pipeline(student, "lcm"), "teacher": quality.image_pipeline(teacher, "ddim")}
+    print(f"CPU, 64x64; {len(cases)} pictures per sampler ({len(cases) // a.seeds} prompts x {a.seeds} seeds)")
+    table("pictures", "ms/picture", cases, lambda name, steps: quality.generate(
+        pics[name], [p for p, _, _ in cases], [s for _, _, s in cases], steps, guidance[name]))
+
+    cases = quality.prompts_and_truth(a.clip_seeds)
+    clips = {"LCM": quality.clip_pipeline(student, "lcm"), "teacher": quality.clip_pipeline(teacher, "ddim")}
+    table(f"16-frame clips ({len(cases)} per sampler)", "s/clip", cases, lambda name, steps: np.stack([
+        quality.generate_clip(clips[name], p, s, steps, guidance[name]) for p, _, s in cases]))
+
+    renoise_ceiling(teacher, quality.prompts_and_truth(a.seeds), guidance["teacher"])
+
+
+def renoise_ceiling(teacher, cases, guidance):
+    """Agreement with the 50-step teacher after re-noising its result at t and finishing with it."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    from lcmvideo.shapes import quality
+
+    p = teacher.pipe
+    pipe = quality.image_pipeline(teacher, "ddim")
+    prompts, seeds = [c[0] for c in cases], [c[2] for c in cases]
+    with torch.inference_mode():
+        cond, uncond = pipe.encode_prompt(prompts, "cpu", 1, True)
+        emb = torch.cat([uncond, cond])
+        sched = DDIMScheduler.from_config(p.scheduler.config)
+        sched.set_timesteps(50)
+
+        def run(x, t_max):
+            for t in sched.timesteps[sched.timesteps <= t_max]:
+                e_u, e_c = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=emb).sample.chunk(2)
+                x = sched.step(e_u + guidance * (e_c - e_u), t, x).prev_sample
+            return x
+
+        def pictures(z):
+            img = p.vae.decode(z / p.vae.config.scaling_factor).sample
+            return ((img.permute(0, 2, 3, 1).float().numpy() + 1) * 127.5).clip(0, 255).round().astype(np.uint8)
+
+        shape = (1, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+        x = torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        z0 = run(x, 1000)
+        ref = pictures(z0)
+        g = torch.Generator().manual_seed(0)
+        print("\nlayout kept after re-noising the 50-step teacher at t (the ceiling for LCM's multistep sampler)")
+        for t in (759, 499, 259):
+            t = int(sched.timesteps[sched.timesteps <= t][0])  # the teacher's nearest step at or below it
+            zt = sched.add_noise(z0, torch.randn(z0.shape, generator=g), torch.tensor([t]))
+            print(f"t = {t}: agreement {quality.agreement(pictures(run(zt, t)), ref):.0%}")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,30 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: f
     return (out * 255).round().astype(np.uint8)
 
 
+def clip_pipeline(models, scheduler: str):
+    """The loaded family's AnimateDiff pipeline with the named scheduler (16-frame clips)."""
+    from diffusers import AnimateDiffPipeline, DDIMScheduler, LCMScheduler
+
+    cls = {"ddim": DDIMScheduler, "lcm": LCMScheduler}[scheduler]
+    parts = {**models.pipe.components, "scheduler": cls.from_config(models.pipe.scheduler.config)}
+    pipe = AnimateDiffPipeline(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate_clip(pipe, prompt: str, seed: int, steps: int, guidance: float, frames: int = 16) -> np.ndarray:
+    """(frames, 64, 64, 3) uint8 clip from seeded starting noise."""
+    import torch
+
+    c = pipe.unet.config
+    shape = (1, c.in_channels, frames, c.sample_size, c.sample_size)
+    latents = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        out = pipe(prompt=prompt, num_frames=frames, latents=latents, num_inference_steps=steps,
+                   guidance_scale=guidance, output_type="np").frames[0]
+    return (np.asarray(out) * 255).round().astype(np.uint8)
+
+
 def colour_rate(frames: np.ndarray, colours: list[str]) -> float:
     """Share of pictures whose dominant shape colour is the asked one."""
     return float(np.mean([analyse.read(f).colour == c for f, c in zip(frames, colours)]))
