@@ -73,23 +73,21 @@ def main():
     table(f"16-frame clips ({len(cases)} per sampler)", "s/clip", cases, lambda name, steps: np.stack([
         quality.generate_clip(clips[name], p, s, steps, guidance[name]) for p, _, s in cases]))
 
-    renoise_ceiling(teacher, quality.prompts_and_truth(a.seeds), guidance["teacher"])
+    renoise_ceiling(pics["teacher"], quality.prompts_and_truth(a.seeds), guidance["teacher"])
 
 
-def renoise_ceiling(teacher, cases, guidance):
-    """Agreement with the 50-step teacher after re-noising its result at t and finishing with it."""
+def renoise_ceiling(pipe, cases, guidance):
+    """Agreement with the 50-step teacher (`pipe`) after re-noising its result at t and finishing with it."""
     import torch
     from diffusers import DDIMScheduler
 
     from lcmvideo.shapes import quality
 
-    p = teacher.pipe
-    pipe = quality.image_pipeline(teacher, "ddim")
     prompts, seeds = [c[0] for c in cases], [c[2] for c in cases]
     with torch.inference_mode():
         cond, uncond = pipe.encode_prompt(prompts, "cpu", 1, True)
         emb = torch.cat([uncond, cond])
-        sched = DDIMScheduler.from_config(p.scheduler.config)
+        sched = DDIMScheduler.from_config(pipe.scheduler.config)
         sched.set_timesteps(50)
 
         def run(x, t_max):
@@ -99,7 +97,7 @@ def renoise_ceiling(teacher, cases, guidance):
             return x
 
         def pictures(z):
-            img = p.vae.decode(z / p.vae.config.scaling_factor).sample
+            img = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample
             return ((img.permute(0, 2, 3, 1).float().numpy() + 1) * 127.5).clip(0, 255).round().astype(np.uint8)
 
         shape = (1, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)

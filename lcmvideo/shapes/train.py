@@ -242,11 +242,23 @@ class Trainer:
                                   "colours_read_back": f"{hues}/{len(pure)}"})
 
     def vae(self):
-        from diffusers import AutoencoderKL
+        """The trained VAE, loaded once (every probe decodes with it)."""
+        if getattr(self, "_vae", None) is None:
+            from diffusers import AutoencoderKL
 
-        vae = AutoencoderKL.from_pretrained(self.work / "vae").eval().requires_grad_(False)
-        self.scaling = vae.config.scaling_factor
-        return vae
+            self._vae = AutoencoderKL.from_pretrained(self.work / "vae").eval().requires_grad_(False)
+            self.scaling = self._vae.config.scaling_factor
+        return self._vae
+
+    def image_pipeline(self, te, unet, scheduler_cls):
+        """A StableDiffusionPipeline over the models being trained, for the probes."""
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline(vae=self.vae(), text_encoder=te, tokenizer=self.tokenizer, unet=unet,
+                                       scheduler=scheduler_cls.from_config(self.noise.config), safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     def text_and_unet(self, stage: str):
         from diffusers import UNet2DConditionModel
@@ -283,14 +295,11 @@ class Trainer:
 
     def colour_probe(self, te, unet) -> str:
         """Share of 'a <colour> <shape>' pictures (20 DDIM steps, guidance 2.5) whose shape has that colour."""
-        from diffusers import DDIMScheduler, StableDiffusionPipeline
+        from diffusers import DDIMScheduler
 
         from . import quality
 
-        pipe = StableDiffusionPipeline(vae=self.vae(), text_encoder=te, tokenizer=self.tokenizer, unet=unet,
-                                       scheduler=DDIMScheduler.from_config(self.noise.config), safety_checker=None,
-                                       feature_extractor=None, requires_safety_checker=False)
-        pipe.set_progress_bar_config(disable=True)
+        pipe = self.image_pipeline(te, unet, DDIMScheduler)
         cases = quality.prompts_and_truth(seeds_per_prompt=1)
         te.eval(), unet.eval()
         try:
@@ -515,16 +524,9 @@ class Trainer:
 
     def lcm_probe(self, te, unet) -> str:
         """4-step LCM against the 50-step DDIM teacher (guidance 2.5) from the same noise."""
-        from diffusers import DDIMScheduler, LCMScheduler, StableDiffusionPipeline
+        from diffusers import DDIMScheduler, LCMScheduler
 
         from . import quality
-
-        def pipe(cls):
-            p = StableDiffusionPipeline(vae=self.vae(), text_encoder=te, tokenizer=self.tokenizer, unet=unet,
-                                        scheduler=cls.from_config(self.noise.config), safety_checker=None,
-                                        feature_extractor=None, requires_safety_checker=False)
-            p.set_progress_bar_config(disable=True)
-            return p
 
         cases = quality.prompts_and_truth(seeds_per_prompt=1)
         prompts, seeds, colours = [p for p, _, _ in cases], [s for _, _, s in cases], [c for _, c, _ in cases]
@@ -532,9 +534,9 @@ class Trainer:
         try:
             if getattr(self, "_teacher50", None) is None:
                 unet.disable_adapters()
-                self._teacher50 = quality.generate(pipe(DDIMScheduler), prompts, seeds, 50, quality.TEACHER_GUIDANCE)
+                self._teacher50 = quality.generate(self.image_pipeline(te, unet, DDIMScheduler), prompts, seeds, 50, quality.TEACHER_GUIDANCE)
                 unet.enable_adapters()
-            lcm4 = quality.generate(pipe(LCMScheduler), prompts, seeds, 4, 1.0)
+            lcm4 = quality.generate(self.image_pipeline(te, unet, LCMScheduler), prompts, seeds, 4, 1.0)
         finally:
             unet.train()
         return (f"colour {quality.colour_rate(lcm4, colours):.2f}, agrees with the teacher "
