@@ -130,6 +130,9 @@ def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_d
 @click.option("--steps", type=click.IntRange(min=1, max=100), help="LCM steps, 2-8 useful.  [default: 4]")
 @click.option("--guidance", type=click.FloatRange(min=0), help="CFG scale; <= 1 disables CFG.  [default: 1.0]")
 @click.option("--seed", type=click.IntRange(min=0), help="Random seed.  [default: random, printed]")
+@click.option("--shared-noise", type=click.FloatRange(0, 1),
+              help="Share of the noise all frames have in common (steadier layout, less motion).  "
+                   "[default: the motion module's, 0 for most]")
 @click.option("--controlnet", "controlnets", nargs=2, multiple=True, metavar="MODEL SOURCE",
               help="A ControlNet and its conditioning: a folder of numbered images or OpenPose JSON, an image, "
                    "or a video; MODEL 'embedded' with the embedded base. Repeatable; replaces the file's.")
@@ -142,7 +145,7 @@ def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_d
 @model_options
 @click.pass_obj
 def render(obj: Ctx, schedule_files, output, watch, max_renders, seeds, workers, ray_address, fmt, prompt, negative_prompt, frames, width, height, fps, steps,
-           guidance, seed, controlnets, controlnet_scale, context_length, context_overlap, **model_kw):
+           guidance, seed, shared_noise, controlnets, controlnet_scale, context_length, context_overlap, **model_kw):
     """Render clips from schedule files (YAML/JSON, an animatediff-cli-prompt-travel
     JSON, or an A1111 prompt-box .txt; folders and globs too) or a --prompt.
 
@@ -155,7 +158,7 @@ def render(obj: Ctx, schedule_files, output, watch, max_renders, seeds, workers,
     from . import app, control
 
     flags = dict(prompt=prompt, negative_prompt=negative_prompt, frames=frames, width=width, height=height,
-                 fps=fps, steps=steps, guidance=guidance, seed=seed,
+                 fps=fps, steps=steps, guidance=guidance, seed=seed, shared_noise=shared_noise,
                  context_length=context_length, context_overlap=context_overlap,
                  controlnet=tuple(control.from_flag(m, src) for m, src in controlnets),
                  controlnet_scale=controlnet_scale, output=str(output) if output else None, format=fmt)

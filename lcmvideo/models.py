@@ -489,6 +489,7 @@ class Models:
     controlnets: dict = field(default_factory=dict)  # path -> loaded ControlNetModel, loaded on first use
     unet2d_config: dict | None = None  # the base UNet's own config, for a 2D view of the motion UNet
     views: dict = field(default_factory=dict)  # derived pipelines built once (see img2img.unet2d)
+    shared_noise: float = 0.0  # the motion module's own default for Settings.shared_noise
 
     def controlnet(self, ref: ModelRef):
         """A ControlNet on the pipeline's device and dtype, loaded once per path."""
@@ -745,7 +746,13 @@ def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True, parts: dict
         raise runtime(f"could not load the models: {str(e).splitlines()[0]}") from None
     finally:
         bar.close()
-    return Models(spec, pipe, adapter.config.motion_max_seq_length, adapters, unet2d_config=dict(unet.config))
+    shared = 0.0
+    if spec.motion.source == "embedded default":
+        from . import tiny
+
+        shared = tiny.sampling_defaults().get("shared_noise", 0.0)
+    return Models(spec, pipe, adapter.config.motion_max_seq_length, adapters, unet2d_config=dict(unet.config),
+                  shared_noise=shared)
 
 
 def _apply_loras(pipe, spec: ModelSpec, parts: dict | None = None) -> dict:

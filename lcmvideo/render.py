@@ -25,7 +25,24 @@ def resolve_settings(s: Settings, models: Models) -> Settings:
     s.height = s.height or size
     if s.seed is None:
         s.seed = random.randrange(2**31)
+    if s.shared_noise is None:
+        s.shared_noise = models.shared_noise
     return s
+
+
+def frame_noise(shape, share: float, generator, device, dtype):
+    """Gaussian noise for (1, C, T, h, w) latents, a `share` of its variance common to all frames.
+
+    Frames that start from (and, in LCM's multistep sampling, are re-noised with) partly the
+    same noise settle on the same layout; 0 gives independent noise, drawn exactly as before."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    own = randn_tensor(shape, generator=generator, device=torch.device(device), dtype=dtype)
+    if share <= 0:
+        return own
+    common = randn_tensor((*shape[:2], 1, *shape[3:]), generator=generator, device=torch.device(device), dtype=dtype)
+    return share**0.5 * common + (1 - share) ** 0.5 * own
 
 
 BATCH_FRAMES = 32  # context windows run together in one UNet call up to this many frames
@@ -118,18 +135,17 @@ def denoise(models: Models, cond, uncond, guidance, s: Settings, quiet: bool = T
     latents (video-to-video, resume) over the last steps of a longer LCM schedule;
     `on_step(step, latents, generator)` sees the latents after each step."""
     import torch
-    from diffusers.utils.torch_utils import randn_tensor
     from tqdm import tqdm
 
     pipe = models.pipe
     unet, sched = pipe.unet, pipe.scheduler
     device = models.spec.device
+    share = models.shared_noise if s.shared_noise is None else s.shared_noise
     if start is None:
         generator = torch.Generator("cpu").manual_seed(s.seed)
         shape = (1, unet.config.in_channels, s.frames, s.height // pipe.vae_scale_factor,
                  s.width // pipe.vae_scale_factor)
-        latents = randn_tensor(shape, generator=generator, device=torch.device(device), dtype=cond.dtype)
-        latents = latents * sched.init_noise_sigma
+        latents = frame_noise(shape, share, generator, device, cond.dtype) * sched.init_noise_sigma
         sched.set_timesteps(s.steps, device=device)
         first = 0
     else:
@@ -171,7 +187,13 @@ def denoise(models: Models, cond, uncond, guidance, s: Settings, quiet: bool = T
             bar.update(len(group))
         if len(wins) > 1:
             noise /= total.view(1, 1, -1, 1, 1)
-        latents = sched.step(noise, t, latents, generator=generator).prev_sample
+        out = sched.step(noise, t, latents, generator=generator)
+        latents = out.prev_sample
+        if share > 0 and getattr(out, "denoised", None) is not None and sched.step_index < len(sched.timesteps):
+            # LCM re-noises its estimate for the next step with independent noise; share it too
+            a = sched.alphas_cumprod[sched.timesteps[sched.step_index]].to(device, latents.dtype)
+            latents = a.sqrt() * out.denoised + (1 - a).sqrt() * frame_noise(latents.shape, share, generator, device,
+                                                                                latents.dtype)
         if on_step:
             on_step(step, latents, generator)
     bar.close()

@@ -82,6 +82,7 @@ class Settings:
     controlnet_scale: float = 1.0  # ControlNet conditioning scale (travels per keyframe)
     strength: float = 0.5  # img2img strength for restyling (travels per keyframe)
     seed: int | None = None  # None = a random seed, printed and recorded
+    shared_noise: float | None = None  # 0-1: share of the frames' noise they have in common; None = the model's
     models: ModelPaths = field(default_factory=ModelPaths)
     controlnet: list[ControlSpec] = field(default_factory=list)  # ControlNets with their conditioning
     output: str | None = None  # .mp4, .gif or a folder for PNG frames
@@ -220,6 +221,7 @@ NUMBERS = {  # key: (type, low, high, what)
     "strength": (float, 0.0, 1.0, "a number"),
     "hold": (float, 0.0, 0.99, "a number"),
     "lcm_lora_scale": (float, 0.0, 5.0, "a number"),
+    "shared_noise": (float, 0.0, 1.0, "a number from 0 to 1"),
 }
 
 
@@ -377,11 +379,13 @@ def from_dict(d: Any, where: _Where, base_dir: Path | None = None) -> Settings:
             s.context.overlap = _num(c["overlap"], ("context", "overlap"), where, int, 0, 63,
                                      "a whole number of frames")
     for k, (kind, lo, hi, what) in NUMBERS.items():
-        if k in d and k != "lcm_lora_scale":
+        if k in d and k not in ("lcm_lora_scale", "shared_noise"):
             setattr(s, k, _num(d[k], (k,), where, kind, lo, hi, what))
     for k in ("width", "height"):
         if d.get(k) is not None:
             setattr(s, k, _num(d[k], (k,), where, int, lo=8, hi=4096, what="a whole number of pixels"))
+    if d.get("shared_noise") is not None:  # null, as a sidecar may say: the model's default
+        s.shared_noise = _num(d["shared_noise"], ("shared_noise",), where, *NUMBERS["shared_noise"])
     if d.get("seed") is not None:
         s.seed = _num(d["seed"], ("seed",), where, int, lo=0, hi=2**63 - 1, what="a whole number")
     if "models" in d:

@@ -52,6 +52,12 @@ def ensure() -> Path:
     return d
 
 
+def sampling_defaults() -> dict:
+    """Sampling settings the embedded family was trained for (sampling.json beside its weights)."""
+    f = ensure() / "sampling.json"
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
 def build(out: Path) -> Path:
     import torch
     from diffusers import AutoencoderKL, ControlNetModel, LCMScheduler, MotionAdapter, UNet2DConditionModel
