@@ -129,7 +129,8 @@ class Control:
 
 def denoise(models: Models, cond, uncond, guidance, s: Settings, quiet: bool = True, rows=None,
             controls: list[Control] | None = None, start=None, on_step=None):
-    """LCM sampling of (1, C, T, h, w) latents; cond/uncond are per-frame embeddings (T, L, D).
+    """LCM sampling of (1, C, T, h, w) latents; cond/uncond are per-frame embeddings (T, L, D);
+    `s` has been through resolve_settings.
 
     `start` = (latents, generator, schedule_length, first_step) continues from given noisy
     latents (video-to-video, resume) over the last steps of a longer LCM schedule;
@@ -140,7 +141,7 @@ def denoise(models: Models, cond, uncond, guidance, s: Settings, quiet: bool = T
     pipe = models.pipe
     unet, sched = pipe.unet, pipe.scheduler
     device = models.spec.device
-    share = models.shared_noise if s.shared_noise is None else s.shared_noise
+    share = s.shared_noise  # resolve_settings filled it, as it did width, height and seed
     if start is None:
         generator = torch.Generator("cpu").manual_seed(s.seed)
         shape = (1, unet.config.in_channels, s.frames, s.height // pipe.vae_scale_factor,
@@ -192,8 +193,8 @@ def denoise(models: Models, cond, uncond, guidance, s: Settings, quiet: bool = T
         if share > 0 and getattr(out, "denoised", None) is not None and sched.step_index < len(sched.timesteps):
             # LCM re-noises its estimate for the next step with independent noise; share it too
             a = sched.alphas_cumprod[sched.timesteps[sched.step_index]].to(device, latents.dtype)
-            latents = a.sqrt() * out.denoised + (1 - a).sqrt() * frame_noise(latents.shape, share, generator, device,
-                                                                                latents.dtype)
+            fresh = frame_noise(latents.shape, share, generator, device, latents.dtype)
+            latents = a.sqrt() * out.denoised + (1 - a).sqrt() * fresh
         if on_step:
             on_step(step, latents, generator)
     bar.close()

@@ -537,7 +537,8 @@ class Trainer:
         try:
             if getattr(self, "_teacher50", None) is None:
                 unet.disable_adapters()
-                self._teacher50 = quality.generate(self.image_pipeline(te, unet, DDIMScheduler), prompts, seeds, 50, quality.TEACHER_GUIDANCE)
+                self._teacher50 = quality.generate(self.image_pipeline(te, unet, DDIMScheduler), prompts, seeds,
+                                                   50, quality.TEACHER_GUIDANCE)
                 unet.enable_adapters()
             lcm4 = quality.generate(self.image_pipeline(te, unet, LCMScheduler), prompts, seeds, 4, 1.0)
         finally:
