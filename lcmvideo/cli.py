@@ -261,6 +261,8 @@ def pose_extract(obj: Ctx, video_file, output):
 @click.option("--blend-space", type=click.Choice(["latent", "pixel"]), default="latent", show_default=True)
 @click.option("--no-flow", is_flag=True, help="Blend the previous output without warping it along the motion.")
 @click.option("--fresh-noise", is_flag=True, help="New noise for every frame (more flicker; for comparison).")
+@click.option("--shared-noise", type=click.FloatRange(0, 1),
+              help="animatediff mode: share of the noise all frames have in common.  [default: the motion module's]")
 @click.option("--controlnet", "controlnets", nargs=2, multiple=True, metavar="MODEL SOURCE",
               help="ControlNet and its images (folder, image, video); SOURCE 'openpose' = poses of the input "
                    "(needs lcmvideo[pose]). Repeatable.")
@@ -272,7 +274,7 @@ def pose_extract(obj: Ctx, video_file, output):
 @click.pass_obj
 def restyle(obj: Ctx, input_video, schedule_file, output, fmt, prompt, negative_prompt, mode, strength, steps,
             guidance, seed, start, end, every, max_frames, width, height, fit, fps, blend, blend_space, no_flow,
-            fresh_noise, controlnets, no_audio, resume, restart, no_report, **model_kw):
+            fresh_noise, shared_noise, controlnets, no_audio, resume, restart, no_report, **model_kw):
     """Restyle a video (MP4, MOV, WebM, GIF or a folder of frames) with a --prompt or a schedule
     whose prompts and strength travel over the input's frames.
 
@@ -285,6 +287,8 @@ def restyle(obj: Ctx, input_video, schedule_file, output, fmt, prompt, negative_
         raise click.UsageError("give a SCHEDULE_FILE or --prompt")
     if resume and restart:
         raise click.UsageError("--resume and --restart exclude each other")
+    if shared_noise is not None and mode != "animatediff":
+        raise click.UsageError("--shared-noise goes with --mode animatediff (frames mode has --fresh-noise)")
     if not input_video.exists():
         raise click.BadParameter(f"{input_video}: no such file or folder", param_hint="INPUT_VIDEO")
     specs = []
@@ -299,8 +303,8 @@ def restyle(obj: Ctx, input_video, schedule_file, output, fmt, prompt, negative_
                       resume=resume, restart=restart, report=not no_report)
     flags = {k: v for k, v in model_flags(**model_kw).items() if v not in (None, ())}
     overrides = {k: v for k, v in dict(prompt=prompt, negative_prompt=negative_prompt, strength=strength, steps=steps,
-                                       guidance=guidance, seed=seed, width=width, height=height, fps=fps,
-                                       controlnet=tuple(specs), format=fmt).items() if v not in (None, ())}
+                                       guidance=guidance, seed=seed, shared_noise=shared_noise, width=width,
+                                       height=height, fps=fps, controlnet=tuple(specs), format=fmt).items() if v not in (None, ())}
     session = Session(quiet=obj.quiet, verbose=obj.verbose, say=obj.say, **flags)
     session.restyle_to_file(input_video, output, schedule_file, opts, **overrides)
 

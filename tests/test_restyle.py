@@ -301,3 +301,19 @@ def test_missing_pose_extra_is_a_usage_error_and_leaves_nothing(tmp_path, src_pn
                                  "-o", str(out)])
     assert r.exit_code == 2 and "lcmvideo[pose]" in r.output
     assert not out.exists() and not restyle.work_dir(out).exists()
+
+
+def test_shared_noise_flag_reaches_animatediff_mode_only(src_png, tmp_path, tiny_dir):
+    args = ["-q", "restyle", str(src_png), "-p", "a blue circle", "--mode", "animatediff", "--seed", "4", "--steps", "2",
+            "--strength", "0.8", "--no-report"]
+    outs = {}
+    for share in ("0", "0.9"):
+        out = tmp_path / f"s{share}.mp4"
+        r = CliRunner().invoke(cli, [*args, "--shared-noise", share, "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        assert json.loads(video.sidecar_path(out).read_text())["settings"]["shared_noise"] == float(share)
+        outs[share] = video.read(out)[0].astype(np.int16)
+    assert np.abs(outs["0"] - outs["0.9"]).mean() > 1.0  # the common noise really changed the start
+    r = CliRunner().invoke(cli, ["restyle", str(src_png), "-p", "x", "--shared-noise", "0.5", "-o", str(tmp_path / "f")])
+    assert r.exit_code == 2 and "--shared-noise goes with --mode animatediff" in r.output
+    assert not (tmp_path / "f").exists()
