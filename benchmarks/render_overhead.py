@@ -96,7 +96,6 @@ def main():
     from diffusers import AnimateDiffPipeline, LCMScheduler, MotionAdapter
 
     from lcmvideo import models, render, tiny
-    from lcmvideo.models import SD15_CONFIG
     from lcmvideo.schedule import ModelPaths, Settings
 
     base = full_size_family(Path(tempfile.gettempdir()) / "lcmvideo-bench-sd15") if args.full_size else tiny.ensure()
@@ -113,7 +112,7 @@ def main():
     adapter = MotionAdapter.from_pretrained(base / "motion_adapter", torch_dtype=dtype)
     plain = AnimateDiffPipeline.from_pretrained(base, motion_adapter=adapter, torch_dtype=dtype,
                                                 safety_checker=None, feature_extractor=None)
-    plain.scheduler = LCMScheduler.from_pretrained(SD15_CONFIG, subfolder="scheduler")
+    plain.scheduler = LCMScheduler.from_config(plain.scheduler.config)  # the folder's own, as diffusers' docs do
     if not args.full_size:
         plain.load_lora_weights(str(base / "lcm_lora"), adapter_name="lcm")
         plain.fuse_lora()

@@ -555,6 +555,24 @@ def _ldm_config_dir(sd: dict, path: Path) -> Path:
     return _single_file_config(sd["model.diffusion_model.input_blocks.0.0.weight"].shape[0], path, "base")
 
 
+# What a base model's own scheduler config says about how it was trained (and, for zero-terminal-SNR
+# models, the "trailing" spacing other samplers built from this config need); the sampler stays LCM.
+NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type",
+                       "rescale_betas_zero_snr", "timestep_spacing")
+
+
+def _noise_schedule(ref: ModelRef) -> dict:
+    """The training noise schedule and prediction type a diffusers folder records (a v-prediction or
+    zero-terminal-SNR model needs them); {} for single files, which SD1.5's defaults fit."""
+    if ref.sniffed.layout != "diffusers":
+        return {}
+    path = Path(ref.path) / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        return {}
+    cfg = _read_json(path)
+    return {k: cfg[k] for k in NOISE_SCHEDULE_KEYS if k in cfg}
+
+
 def _load_base(ref: ModelRef, dtype):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -730,7 +748,8 @@ def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True, parts: dict
                         lambda: _load_motion(spec.motion, dtype))
         _check_fits(spec, unet, adapter)
         bar.update()
-        scheduler = LCMScheduler.from_pretrained(SD15_CONFIG, subfolder="scheduler")
+        scheduler = LCMScheduler.from_config({**LCMScheduler.load_config(SD15_CONFIG, subfolder="scheduler"),
+                                              **_noise_schedule(spec.base)})
         pipe = AnimateDiffPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    motion_adapter=adapter, scheduler=scheduler,
                                    feature_extractor=None, image_encoder=None)

@@ -71,6 +71,24 @@ def test_diffusers_folder_copy(tiny_dir, tmp_path, reference):
     assert same(render.render(models.load(spec), render_settings()), reference)
 
 
+def test_folder_scheduler_says_how_the_model_was_trained(tiny_dir, tmp_path, reference):
+    """A v-prediction, zero-terminal-SNR folder is sampled as such; the sampler stays LCM."""
+    copy = tmp_path / "my-v-model"
+    shutil.copytree(tiny_dir, copy)
+    cfg_path = copy / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(_class_name="DDIMScheduler", prediction_type="v_prediction", rescale_betas_zero_snr=True,
+               timestep_spacing="trailing", steps_offset=0, clip_sample=True)
+    cfg_path.write_text(json.dumps(cfg))
+    m = models.load(models.resolve(tiny_paths(copy, motion=str(copy / "motion_adapter"),
+                                              lcm_lora=str(copy / "lcm_lora"))))
+    sched = m.pipe.scheduler
+    assert type(sched).__name__ == "LCMScheduler"
+    assert (sched.config.prediction_type, sched.config.rescale_betas_zero_snr) == ("v_prediction", True)
+    assert sched.alphas_cumprod[-1] < 1e-6 and not sched.config.clip_sample  # zero SNR; LCM's own sampling keys
+    assert not same(render.render(m, render_settings()), reference, tol=2)
+
+
 def test_hf_cache_id(tiny_dir, tmp_path, monkeypatch, reference):
     import huggingface_hub.constants
 
