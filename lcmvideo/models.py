@@ -748,8 +748,8 @@ def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True, parts: dict
                         lambda: _load_motion(spec.motion, dtype))
         _check_fits(spec, unet, adapter)
         bar.update()
-        scheduler = LCMScheduler.from_config({**LCMScheduler.load_config(SD15_CONFIG, subfolder="scheduler"),
-                                              **_noise_schedule(spec.base)})
+        scheduler = LCMScheduler.from_config(LCMScheduler.load_config(SD15_CONFIG, subfolder="scheduler"),
+                                             **_noise_schedule(spec.base))
         pipe = AnimateDiffPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    motion_adapter=adapter, scheduler=scheduler,
                                    feature_extractor=None, image_encoder=None)
