@@ -127,6 +127,17 @@ def test_restyle_changes_colour_and_keeps_the_track(session, tmp_path):
     assert max(np.hypot(a.x - b.x, a.y - b.y) for a, b in zip(reads, truth)) <= quality.TOLERANCE_PX
 
 
+def test_velocity_and_direction_read_the_world_back():
+    for motion in world.MOTIONS:
+        scene = world.Scene("circle", "green", "gray", 32, 32, 8, motion, 0.0 if motion == "still" else 1.5)
+        v = quality.velocity(analyse.read_clip(world.clip(scene)))
+        dx, dy = world.MOTIONS[motion]
+        assert np.allclose(v, (1.5 * dx, 1.5 * dy), atol=0.1), (motion, v)
+        assert [m for m in world.MOTIONS if quality.goes_the_right_way(v, m)] == [motion]
+    empty = np.zeros((16, 64, 64, 3), np.uint8)
+    assert quality.velocity(analyse.read_clip(empty)) is None
+
+
 def test_captions_and_position_maps():
     s = world.Scene("triangle", "yellow", "gray", 20, 30, 8, "moving up", 2.0)
     assert world.caption(s) == "a yellow triangle on a gray background, moving up"

@@ -65,17 +65,43 @@ def clip_pipeline(models, scheduler: str):
     return pipe
 
 
-def generate_clip(pipe, prompt: str, seed: int, steps: int, guidance: float, frames: int = 16) -> np.ndarray:
-    """(frames, 64, 64, 3) uint8 clip from seeded starting noise."""
+def generate_clip(pipe, prompt: str, seed: int, steps: int, guidance: float, frames: int = 16,
+                  shared_noise: float = 0.0) -> np.ndarray:
+    """(frames, 64, 64, 3) uint8 clip from seeded starting noise (a `shared_noise` share common to all frames)."""
     import torch
+
+    from ..render import frame_noise
 
     c = pipe.unet.config
     shape = (1, c.in_channels, frames, c.sample_size, c.sample_size)
-    latents = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    latents = frame_noise(shape, shared_noise, torch.Generator().manual_seed(seed), "cpu", torch.float32)
     with torch.inference_mode():
         out = pipe(prompt=prompt, num_frames=frames, latents=latents, num_inference_steps=steps,
                    guidance_scale=guidance, output_type="np").frames[0]
     return (np.asarray(out) * 255).round().astype(np.uint8)
+
+
+def velocity(reads) -> tuple[float, float] | None:
+    """Least-squares (dx, dy) in px/frame of a clip's centroid track; None if the shape is mostly missing."""
+    p = np.array([(r.x, r.y) for r in reads], dtype=float)
+    ok = ~np.isnan(p).any(axis=1)
+    if ok.sum() < len(p) // 2:
+        return None
+    t = np.arange(len(p))[ok]
+    a = np.stack([t, np.ones_like(t)], axis=1)
+    coef, *_ = np.linalg.lstsq(a, p[ok], rcond=None)
+    return float(coef[0][0]), float(coef[0][1])
+
+
+def goes_the_right_way(v: tuple[float, float] | None, motion: str, min_speed: float = 0.8) -> bool:
+    """The track follows the motion word: 'still' under 0.4 px/frame, else mostly along its direction."""
+    if v is None:
+        return False
+    dx, dy = world.MOTIONS[motion]
+    if (dx, dy) == (0, 0):
+        return max(abs(v[0]), abs(v[1])) < 0.4
+    along, across = v[0] * dx + v[1] * dy, abs(v[0] * dy - v[1] * dx)
+    return along > min_speed and along > 2 * across
 
 
 def colour_rate(frames: np.ndarray, colours: list[str]) -> float:
