@@ -43,14 +43,16 @@ def image_pipeline(models, scheduler: str):
 
 
 def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> np.ndarray:
-    """(N, 64, 64, 3) uint8 pictures, one per (prompt, seed), from seeded starting noise."""
+    """(N, 64, 64, 3) uint8 pictures, one per (prompt, seed): starting noise and LCM's re-noising
+    both come from the seed, so a picture is the same whatever batch it is drawn in."""
     import torch
 
     shape = (1, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
-    latents = torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-    with torch.inference_mode():
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    latents = torch.cat([torch.randn(shape, generator=g) for g in gens])
+    with torch.inference_mode():  # the generators go on to LCM's re-noising: per picture, so batching changes nothing
         out = pipe(prompt=prompts, latents=latents, num_inference_steps=steps, guidance_scale=guidance,
-                   output_type="np").images
+                   generator=gens, output_type="np").images
     return (out * 255).round().astype(np.uint8)
 
 
@@ -67,17 +69,19 @@ def clip_pipeline(models, scheduler: str):
 
 def generate_clip(pipe, prompt: str, seed: int, steps: int, guidance: float, frames: int = 16,
                   shared_noise: float = 0.0) -> np.ndarray:
-    """(frames, 64, 64, 3) uint8 clip from seeded starting noise (a `shared_noise` share common to all frames)."""
+    """(frames, 64, 64, 3) uint8 clip; starting noise (a `shared_noise` share common to all frames) and
+    LCM's re-noising come from the seed."""
     import torch
 
     from ..render import frame_noise
 
     c = pipe.unet.config
     shape = (1, c.in_channels, frames, c.sample_size, c.sample_size)
-    latents = frame_noise(shape, shared_noise, torch.Generator().manual_seed(seed), "cpu", torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    latents = frame_noise(shape, shared_noise, g, "cpu", torch.float32)
     with torch.inference_mode():
         out = pipe(prompt=prompt, num_frames=frames, latents=latents, num_inference_steps=steps,
-                   guidance_scale=guidance, output_type="np").frames[0]
+                   guidance_scale=guidance, generator=g, output_type="np").frames[0]
     return (np.asarray(out) * 255).round().astype(np.uint8)
 
 
