@@ -26,7 +26,9 @@ def resolve_settings(s: Settings, models: Models) -> Settings:
     if s.seed is None:
         s.seed = random.randrange(2**31)
     if s.shared_noise is None:
-        s.shared_noise = models.shared_noise
+        # A ControlNet's maps hold the frames together by themselves; common noise would pull a
+        # subject the maps move back to one place (the embedded family: see README, Shared noise).
+        s.shared_noise = 0.0 if s.controlnet else models.shared_noise
     return s
 
 

@@ -42,6 +42,17 @@ def test_unset_shared_noise_takes_the_models_default(tiny_models):
     assert 0.0 <= s.shared_noise <= 1.0
 
 
+def test_controlnet_clips_draw_independent_noise_unless_asked(tiny_models, monkeypatch):
+    from lcmvideo.control import ControlSpec
+
+    monkeypatch.setattr(tiny_models, "shared_noise", 0.5)
+    assert render.resolve_settings(render_settings(), tiny_models).shared_noise == 0.5
+    controlled = render_settings(controlnet=[ControlSpec(images="maps")])
+    assert render.resolve_settings(controlled, tiny_models).shared_noise == 0.0
+    asked = render_settings(controlnet=[ControlSpec(images="maps")], shared_noise=0.3)
+    assert render.resolve_settings(asked, tiny_models).shared_noise == 0.3
+
+
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "lots"])
 def test_shared_noise_out_of_range_is_a_clear_error(value):
     with pytest.raises(LcmvideoError, match=r"t\.yaml: shared_noise \(line 2\): (must be at|expected a number from 0)"):
