@@ -6,6 +6,9 @@ import tempfile
 _CACHE = tempfile.mkdtemp(prefix="lcmvideo-test-cache-")
 os.environ["LCMVIDEO_CACHE"] = _CACHE
 os.environ["HF_HUB_OFFLINE"] = "1"
+# The plumbing tests run on the random twin: they compare layouts and code paths, not meaning,
+# and its LoRA is the peft layout they convert from. tests/test_shapes.py opts into the trained family.
+os.environ["LCMVIDEO_EMBEDDED"] = "random"
 for var in ("LCMVIDEO_MODEL", "LCMVIDEO_MOTION", "LCMVIDEO_LCM_LORA", "LCMVIDEO_MODELS_DIR", "LCMVIDEO_DEVICE"):
     os.environ.pop(var, None)
 
