@@ -77,8 +77,8 @@ def test_prompt_travel_red_to_blue(session):
     assert blue[-1] - blue[0] > 0.7
 
 
-# Known misses of the shipped weights (README, "Training status"), kept at the bar: strict,
-# so the day a retrained family meets it the marker has to go.
+# Known misses of the shipped weights (README, "Training status"), kept at the bar the family is
+# meant to meet; strict, so the day a retrained family meets it the marker has to go.
 MOTION_NOT_LEARNT = pytest.mark.xfail(strict=True, reason="motion words are not learnt: every word gives one clip, "
                                                            "whose shape wanders 9-12 px")
 
