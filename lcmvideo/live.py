@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import numpy as np
 from .errors import runtime, usage
 
 CAMERA_TIMEOUT_S = 5.0
+HISTORY = 10_000  # output frames whose latency the summary keeps: a live session may run for hours
 
 
 @dataclass
@@ -60,8 +62,8 @@ class Summary:
     dropped: int = 0
     skipped: int = 0
     seconds: float = 0.0
-    latencies_ms: list = field(default_factory=list)
-    processed: list = field(default_factory=list)  # (seq, newest seq available when inference started)
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
+    processed: deque = field(default_factory=lambda: deque(maxlen=HISTORY))  # (seq, newest seq when inference began)
     encodes: int = 0
     recording: Path | None = None
     interrupted: bool = False  # stopped by Ctrl-C (the recording is still finalized)

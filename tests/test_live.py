@@ -59,6 +59,17 @@ def test_newest_frame_wins_and_nothing_queues():
     assert seqs == sorted(seqs)
 
 
+def test_summary_memory_is_bounded_and_counts_stay_whole(monkeypatch):
+    monkeypatch.setattr(live, "HISTORY", 20)
+    src = live.Synthetic(fps=400, size=16, frames=60)
+    s = live.run(SlowStylizer(delay=0.0), src, opts(), say=lambda m: None)
+    assert s.frames_out > 20  # more output frames than the history keeps
+    assert len(s.latencies_ms) == len(s.processed) == 20
+    assert s.processed[-1][0] == max(q for q, _ in s.processed)  # the newest are the ones kept
+    assert s.frames_in == s.frames_out + s.dropped + s.skipped == 60
+    assert "latency median" in s.line()
+
+
 def test_slot_holds_one_frame():
     slot = live.Slot()
     for i in range(100):
