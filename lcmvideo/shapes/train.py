@@ -428,8 +428,7 @@ class Trainer:
             idx = rng.integers(n, size=BATCH["controlnet"])
             scenes = [world.Scene(**bank["scenes"][j]) for j in idx]
             caps = ["" if rng.random() < 0.3 else self.caption(s, rng) for s in scenes]
-            maps = np.stack([world.position_map(s.x, s.y) for s in scenes])
-            cond = torch.from_numpy(maps).permute(0, 3, 1, 2).float() / 255.0
+            cond = position_cond([(s.x, s.y) for s in scenes])
             x0 = self.sample_latents(bank["image_mean"][idx], bank["image_std"][idx], g)
             with torch.no_grad():
                 emb = te(self.ids(caps))[0]
@@ -502,8 +501,7 @@ class Trainer:
             # shifts the UNet's features far enough on 8x8 latents that, distilled without it, the shipped
             # ControlNet placed 8/20 shapes at 4 LCM steps against 18/20 for the teacher.
             controlled = torch.rand(b, generator=g) < LCM_CONTROLLED
-            maps = np.stack([world.position_map(bank["scenes"][j]["x"], bank["scenes"][j]["y"]) for j in idx])
-            cond = torch.from_numpy(maps).permute(0, 3, 1, 2).float() / 255.0
+            cond = position_cond([(bank["scenes"][j]["x"], bank["scenes"][j]["y"]) for j in idx])
 
             def net(x, t, e):
                 with torch.no_grad():
@@ -561,7 +559,7 @@ class Trainer:
             requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
         points = [(14, 14), (50, 14), (32, 32), (14, 50), (50, 50), (20, 44), (44, 22), (30, 50)]
-        maps = [torch.from_numpy(world.position_map(x, y)).permute(2, 0, 1).float()[None] / 255 for x, y in points]
+        maps = [position_cond([p]) for p in points]
         was_training = cn.training
         cn.eval()
         try:
@@ -639,6 +637,13 @@ class Trainer:
         tmp.replace(dest)
         size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
         print(f"exported to {dest}: {size / 1e6:.1f} MB")
+
+
+def position_cond(points):
+    """The ControlNet's conditioning for shapes at `points` (x, y): (N, 3, 64, 64) position maps in [0, 1]."""
+    import torch
+
+    return torch.from_numpy(np.stack([world.position_map(x, y) for x, y in points])).permute(0, 3, 1, 2).float() / 255.0
 
 
 def scalings(t, sigma_data: float = 0.5, timestep_scaling: float = 10.0):
