@@ -29,9 +29,14 @@ def shipped() -> Path:
     return DATA / "shapes"
 
 
+def has_shipped() -> bool:
+    """Whether this install carries the trained shapes weights."""
+    return (shipped() / "model_index.json").exists()
+
+
 def use_shipped() -> bool:
     """The trained shapes family, unless LCMVIDEO_EMBEDDED=random asks for the random twin."""
-    return os.environ.get("LCMVIDEO_EMBEDDED", "shapes") != "random" and (shipped() / "model_index.json").exists()
+    return os.environ.get("LCMVIDEO_EMBEDDED", "shapes") != "random" and has_shipped()
 
 
 def version() -> str:

@@ -7,8 +7,7 @@ import torch
 from lcmvideo import tiny, video
 from lcmvideo.shapes import analyse, quality, world
 
-SHIPPED = (tiny.shipped() / "model_index.json").exists()
-trained = pytest.mark.skipif(not SHIPPED, reason="the shapes weights are not shipped in this checkout")
+trained = pytest.mark.skipif(not tiny.has_shipped(), reason="the shapes weights are not shipped in this checkout")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -139,40 +138,39 @@ def test_controlnet_map_places_the_shape(session, tmp_path):
 
 @pytest.fixture(scope="module")
 def lcm_and_teacher(session, teacher):
-    """4-step LCM, the 50-step teacher and the 4-step teacher from the same noise, every colour x shape."""
-    cases = quality.prompts_and_truth(seeds_per_prompt=1)
-    prompts, seeds = [p for p, _, _ in cases], [s for _, _, s in cases]
-    student = session.models(session.settings(prompt="x"))
-    lcm4 = quality.generate(quality.image_pipeline(student, "lcm"), prompts, seeds, 4, 1.0)
-    t50 = quality.generate(quality.image_pipeline(teacher, "ddim"), prompts, seeds, 50, quality.TEACHER_GUIDANCE)
-    t4 = quality.generate(quality.image_pipeline(teacher, "ddim"), prompts, seeds, 4, quality.TEACHER_GUIDANCE)
-    return lcm4, t50, t4
-
-
-@trained
-def test_one_lcm_step_does_what_one_teacher_step_cannot(session, teacher):
-    """LCM's point on this world: a right picture in one step, where the teacher's is a blur."""
+    """Pictures of every colour x shape from the same noise, by (sampler, steps): LCM at 1 and 4 steps,
+    the teacher at 1, 4 and 50; and the asked colours."""
     cases = quality.prompts_and_truth(seeds_per_prompt=1)
     prompts, seeds, colours = [p for p, _, _ in cases], [s for _, _, s in cases], [c for _, c, _ in cases]
     student = session.models(session.settings(prompt="x"))
-    lcm1 = quality.generate(quality.image_pipeline(student, "lcm"), prompts, seeds, 1, 1.0)
-    t1 = quality.generate(quality.image_pipeline(teacher, "ddim"), prompts, seeds, 1, quality.TEACHER_GUIDANCE)
-    rates = quality.colour_rate(lcm1, colours), quality.colour_rate(t1, colours)
+    lcm, ddim = quality.image_pipeline(student, "lcm"), quality.image_pipeline(teacher, "ddim")
+    runs = {("lcm", n): quality.generate(lcm, prompts, seeds, n, 1.0) for n in (1, 4)}
+    for n in (1, 4, 50):
+        runs["teacher", n] = quality.generate(ddim, prompts, seeds, n, quality.TEACHER_GUIDANCE)
+    return runs, colours
+
+
+@trained
+def test_one_lcm_step_does_what_one_teacher_step_cannot(lcm_and_teacher):
+    """LCM's point on this world: a right picture in one step, where the teacher's is a blur."""
+    runs, colours = lcm_and_teacher
+    rates = quality.colour_rate(runs["lcm", 1], colours), quality.colour_rate(runs["teacher", 1], colours)
     assert rates[0] >= 0.9 and rates[1] < 0.5, rates
 
 
 @trained
 @pytest.mark.xfail(strict=True, reason="with zero terminal SNR and trailing steps, 4 DDIM steps already agree ~97 %")
 def test_lcm_four_steps_beat_the_teacher_at_four(lcm_and_teacher):
-    lcm4, t50, t4 = lcm_and_teacher
-    assert quality.pixel_distance(lcm4, t50) < quality.pixel_distance(t4, t50)
+    runs, _ = lcm_and_teacher
+    t50 = runs["teacher", 50]
+    assert quality.pixel_distance(runs["lcm", 4], t50) < quality.pixel_distance(runs["teacher", 4], t50)
 
 
 @trained
 @pytest.mark.xfail(strict=True, reason="LCM's re-noising at t = 759 re-draws part of the layout on 8x8 latents")
 def test_lcm_four_steps_agree_with_the_fifty_step_teacher(lcm_and_teacher):
-    lcm4, t50, _ = lcm_and_teacher
-    assert quality.agreement(lcm4, t50) >= 0.9
+    runs, _ = lcm_and_teacher
+    assert quality.agreement(runs["lcm", 4], runs["teacher", 50]) >= 0.9
 
 
 @pytest.fixture(scope="module")
