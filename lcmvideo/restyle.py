@@ -15,7 +15,9 @@ continues from there; the final encode is atomic and removes the folder.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -90,23 +92,34 @@ def size_for(w: int, h: int, native: int, width: int | None, height: int | None)
 
 
 def load_source(path: Path, opts: Options, native: int, width: int | None, height: int | None) -> Source:
-    """Read, select (start/end/every/max_frames) and resize the input frames."""
+    """Read, select (start/end/every/max_frames) and resize the input frames. Frames are decoded one at
+    a time and only the selected ones are kept, at the output size; decoding stops after the last one,
+    so a few seconds of a long video cost a few seconds' memory and time."""
     from . import control, video
 
     path = Path(path)
-    frames, fps = video.read(path)
-    n = len(frames)
+    frames, fps, count = video.open_frames(path)
+    n = count or math.inf  # where the container does not say, the bounds are checked once decoded
     a = _position(opts.start, fps, n, "--start") or 0
     b = _position(opts.end, fps, n, "--end")
-    b = n if b is None else b
-    if b <= a:
-        raise usage(f"--start/--end: nothing selected (frames {a} to {b} of {n})")
-    idx = list(range(a, b, max(1, opts.every)))
+    every = max(1, opts.every)
+    last = math.inf if b is None else b  # one past the last frame wanted
     if opts.max_frames:
-        idx = idx[:opts.max_frames]
-    w, h = size_for(frames.shape[2], frames.shape[1], native, width, height)
-    picked = np.stack([control.fit(frames[i], w, h, opts.fit) for i in idx])
-    return Source(picked, fps / max(1, opts.every), a / fps, len(idx) * max(1, opts.every) / fps, path)
+        last = min(last, a + every * (opts.max_frames - 1) + 1)
+    picked, seen, size = [], 0, None
+    for i, f in enumerate(itertools.islice(frames, None if last == math.inf else last)):
+        seen = i + 1
+        if size is None:
+            size = size_for(f.shape[1], f.shape[0], native, width, height)
+        if i >= a and (i - a) % every == 0:
+            picked.append(control.fit(f, *size, opts.fit))
+    frames.close()
+    if count is None and seen < last:  # decoded to the end: now the count is known
+        _position(opts.start, fps, seen, "--start"), _position(opts.end, fps, seen, "--end")
+    if not picked:
+        end = seen if b is None else b
+        raise usage(f"--start/--end: nothing selected (frames {a} to {end} of {count or seen})")
+    return Source(np.stack(picked), fps / every, a / fps, len(picked) * every / fps, path)
 
 
 def work_dir(out: Path) -> Path:

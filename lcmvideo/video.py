@@ -245,33 +245,63 @@ def _frame_names(n: int) -> list[str]:
 
 def read(path: Path) -> tuple[np.ndarray, float]:
     """Frames (T, H, W, 3) uint8 RGB and fps of an MP4/MOV/WebM/GIF file or a PNG folder."""
+    frames, fps, _ = open_frames(path)
+    out = list(frames)
+    if not out:
+        raise runtime(f"{path}: could not read video: no frames")
+    return np.stack(out), fps
+
+
+def open_frames(path: Path):
+    """(frames, fps, count) of a video or PNG folder: `frames` yields (H, W, 3) uint8 RGB one at a time,
+    decoded as it is pulled, so a caller that needs a span of a long video holds only that span;
+    `count` is the container's frame count, or None where it does not say (some WebM files)."""
     path = Path(path)
     if not path.exists():
         raise usage(f"{path}: no such file or folder")
     try:
         if path.is_dir():
-            return _read_png_dir(path)
-        if path.suffix.lower() == ".gif":
-            return _read_gif(path)
-        return _read_av(path)
+            files, fps = _png_files(path)
+            frames, count = _png_frames(files), len(files)
+        elif path.suffix.lower() == ".gif":
+            frames, fps = _read_gif(path)  # GIFs are short, and their fps needs every frame's delay
+            count = len(frames)
+        else:
+            frames, fps, count = _open_av(path)
     except (OSError, ValueError) as e:
+        raise runtime(f"{path}: could not read video: {e}") from e
+    return _reporting(frames, path), fps, count
+
+
+def _reporting(frames, path: Path):
+    """`frames`, with a decoding error met on the way reported as a runtime error naming the file."""
+    import av
+
+    try:
+        yield from frames
+    except (OSError, ValueError, av.FFmpegError) as e:
         raise runtime(f"{path}: could not read video: {e}") from e
 
 
-def _read_png_dir(path: Path) -> tuple[np.ndarray, float]:
-    from PIL import Image
-
+def _png_files(path: Path) -> tuple[list[Path], float]:
     files = sorted((p for p in path.iterdir() if p.suffix.lower() == ".png"),
                    key=lambda p: (int(p.stem) if p.stem.isdigit() else math.inf, p.name))
     if not files:
         raise ValueError("no .png frames in the folder")
-    frames = []
+    return files, _sidecar_fps(sidecar_path(path)) or 8.0
+
+
+def _png_frames(files: list[Path]):
+    from PIL import Image
+
+    shape = None
     for p in files:
         with Image.open(p) as im:
-            frames.append(np.asarray(im.convert("RGB")))
-    if len({f.shape for f in frames}) > 1:
-        raise ValueError("the frames differ in size")
-    return np.stack(frames), _sidecar_fps(sidecar_path(path)) or 8.0
+            f = np.asarray(im.convert("RGB"))
+        if shape is not None and f.shape != shape:
+            raise ValueError("the frames differ in size")
+        shape = f.shape
+        yield f
 
 
 def _sidecar_fps(side: Path) -> float | None:
@@ -295,21 +325,25 @@ def _read_gif(path: Path) -> tuple[np.ndarray, float]:
     return np.stack(frames), 1000 * len(ms) / sum(ms)
 
 
-def _read_av(path: Path) -> tuple[np.ndarray, float]:
+def _open_av(path: Path):
     import av
 
     try:
-        with av.open(str(path)) as c:
-            if not c.streams.video:
-                raise ValueError("no video stream")
-            stream = c.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate
-            frames = [f.to_ndarray(format="rgb24") for f in c.decode(stream)]
+        c = av.open(str(path))
     except av.FFmpegError as e:
         raise ValueError(str(e)) from e
-    if not frames:
-        raise ValueError("no frames")
-    return np.stack(frames), float(rate) if rate else 8.0
+    if not c.streams.video:
+        c.close()
+        raise ValueError("no video stream")
+    stream = c.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate
+
+    def frames():
+        with c:
+            for f in c.decode(stream):
+                yield f.to_ndarray(format="rgb24")
+
+    return frames(), float(rate) if rate else 8.0, stream.frames or None
 
 
 def read_metadata(path: Path) -> dict | None:

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from lcmvideo import flow, img2img, restyle, video
 from lcmvideo.cli import cli
+from lcmvideo.errors import LcmvideoError
 from lcmvideo.shapes import world
 
 
@@ -239,6 +240,46 @@ def test_bad_input_is_one_line_and_no_output(tmp_path, content, code, message, t
     assert r.exit_code == code, r.output
     assert message in r.output and "Traceback" not in r.output
     assert not out.exists() and not restyle.work_dir(out).exists()
+
+
+def _counting(monkeypatch, count=...):
+    """Spy on restyle's reader: how many frames were decoded; `count` overrides the container's count."""
+    pulled, real = [], video.open_frames
+
+    def spying(path):
+        frames, fps, n = real(path)
+
+        def counted():
+            for f in frames:
+                pulled.append(1)
+                yield f
+        return counted(), fps, n if count is ... else count
+
+    monkeypatch.setattr(video, "open_frames", spying)
+    return pulled
+
+
+def test_only_the_selected_span_is_decoded(tmp_path, monkeypatch):
+    """A few frames of a long input cost a few frames: decoding stops at the last selected one."""
+    src = write_mp4(tmp_path / "in.mp4", moving_clip(40, speed=1.0), fps=8.0)
+    everything, _ = video.read(src)
+    pulled = _counting(monkeypatch)
+    got = restyle.load_source(src, restyle.Options(start="10", every=3, max_frames=3), 64, None, None)
+    assert len(pulled) == 17  # frames 0-16; 10, 13 and 16 are kept
+    assert np.array_equal(got.frames, everything[[10, 13, 16]])
+    pulled.clear()
+    got = restyle.load_source(src, restyle.Options(start="1s", end="2s"), 64, None, None)
+    assert len(pulled) == 16 and len(got.frames) == 8 and got.start_s == 1.0
+
+
+def test_bounds_are_checked_where_the_container_has_no_frame_count(tmp_path, monkeypatch):
+    src = write_mp4(tmp_path / "in.mp4", moving_clip(12), fps=8.0)
+    _counting(monkeypatch, count=None)
+    with pytest.raises(LcmvideoError, match=r"--end: 20 is beyond the input's 12 frames"):
+        restyle.load_source(src, restyle.Options(end="20"), 64, None, None)
+    with pytest.raises(LcmvideoError, match="nothing selected"):
+        restyle.load_source(src, restyle.Options(start="12"), 64, None, None)
+    assert len(restyle.load_source(src, restyle.Options(start="4"), 64, None, None).frames) == 8
 
 
 def test_missing_input_and_bad_positions(tmp_path, src_png, tiny_dir):
