@@ -82,7 +82,12 @@ def encode(text_encoder, tokenizer, text: str, chunks: int | None = None):
             w = torch.tensor(wrow, device=device, dtype=z.dtype).view(1, -1, 1)
             before = z.float().mean()
             z = z * w
-            z = z * (before / z.float().mean()).to(z.dtype)
+            after = z.float().mean()
+            # A1111 restores the mean. Where the final LayerNorm leaves it ~0 (no learnt bias: the
+            # tiny families), that ratio is noise over noise and can blow up to inf: keep z * w.
+            scale = 1e-3 * z.float().abs().mean()
+            if before.abs() > scale and after.abs() > scale:
+                z = z * (before / after).to(z.dtype)
         out.append(z)
     return torch.cat(out, dim=1)
 

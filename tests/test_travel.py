@@ -118,6 +118,30 @@ def test_weights_change_only_their_tokens(tiny_models):
     assert changed[2] > changed[1] and changed[2] > changed[3]  # 'red' (token 2) moves most
 
 
+def test_weighted_mean_is_restored_only_where_it_means_something(tiny_models):
+    """A1111's rescale to the unweighted mean divides by the weighted mean: with a zero-mean encoder
+    output (a LayerNorm without learnt bias) that is 0/0, and the prompt must still encode finitely."""
+    tok = tiny_models.pipe.tokenizer
+
+    class Encoder:
+        device = torch.device("cpu")
+
+        def __init__(self, offset):
+            self.offset = offset
+
+        def __call__(self, ids):
+            g = torch.Generator().manual_seed(0)
+            z = torch.randn(1, ids.shape[1], 8, generator=g)
+            return (z - z.mean() + self.offset,)
+
+    centred = prompts.encode(Encoder(0.0), tok, "a (red:1.5) circle")
+    plain = prompts.encode(Encoder(0.0), tok, "a red circle")
+    assert torch.isfinite(centred).all()
+    assert torch.allclose(centred[0, 2], 1.5 * plain[0, 2]) and torch.equal(centred[0, 1], plain[0, 1])
+    shifted = prompts.encode(Encoder(0.5), tok, "a (red:1.5) circle")
+    assert shifted.mean().item() == pytest.approx(0.5, abs=1e-5)  # A1111's rescale where the mean is real
+
+
 def test_long_prompts_are_chunked(tiny_models):
     pipe = tiny_models.pipe
     long = ", ".join(["a red circle on a black background"] * 12)
