@@ -14,6 +14,8 @@ from .errors import LcmvideoError
 
 _state: dict = {}  # for main(): whether to show tracebacks
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+# restyle's `--controlnet MODEL SOURCE` words for a map drawn from each input frame (control.ANNOTATED)
+INPUT_ANNOTATORS = {"openpose": "pose_from", "canny": "canny_from", "position": "position_from"}
 
 
 class Ctx:
@@ -264,8 +266,8 @@ def pose_extract(obj: Ctx, video_file, output):
 @click.option("--shared-noise", type=click.FloatRange(0, 1),
               help="animatediff mode: share of the noise all frames have in common.  [default: the motion module's]")
 @click.option("--controlnet", "controlnets", nargs=2, multiple=True, metavar="MODEL SOURCE",
-              help="ControlNet and its images (folder, image, video); SOURCE 'openpose' = poses of the input "
-                   "(needs lcmvideo[pose]). Repeatable.")
+              help="ControlNet and its images (folder, image, video); SOURCE 'openpose' (needs lcmvideo[pose]), "
+                   "'canny' or 'position' (the shapes world's blob) = that map of each input frame. Repeatable.")
 @click.option("--no-audio", is_flag=True, help="Leave the input's audio out of the MP4.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted restyle of the same output.")
 @click.option("--restart", is_flag=True, help="Discard an interrupted restyle's work and start over.")
@@ -293,9 +295,9 @@ def restyle(obj: Ctx, input_video, schedule_file, output, fmt, prompt, negative_
         raise click.BadParameter(f"{input_video}: no such file or folder", param_hint="INPUT_VIDEO")
     specs = []
     for m, src in controlnets:
-        if src.lower() == "openpose":
+        if src.lower() in INPUT_ANNOTATORS:
             specs.append(control.ControlSpec(model=None if m.lower() in ("embedded", "default") else m,
-                                             pose_from=control.INPUT))
+                                             **{INPUT_ANNOTATORS[src.lower()]: control.INPUT}))
         else:
             specs.append(control.from_flag(m, src))
     opts = rs.Options(mode=mode, start=start, end=end, every=every, max_frames=max_frames, fit=fit, blend=blend,

@@ -16,8 +16,10 @@ import numpy as np
 from .errors import usage
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-SOURCE_KEYS = ("images", "video", "openpose", "pose_from")
-INPUT = "<input>"  # pose_from: the clip being restyled, given to load() as `input_frames`
+SOURCE_KEYS = ("images", "video", "openpose", "pose_from", "canny_from", "position_from")
+ANNOTATED = ("pose_from", "canny_from", "position_from")  # a video whose frames an annotator turns into maps
+INPUT = "<input>"  # for those: the clip being restyled, given to load() as `input_frames`
+CANNY = (100, 200)  # ControlNet 1.1's canny annotator thresholds
 FITS = ("crop", "pad", "stretch")
 
 
@@ -28,6 +30,8 @@ class ControlSpec:
     video: str | None = None  # a video of conditioning frames, one per clip frame
     openpose: str | None = None  # a folder of OpenPose JSON keypoint files numbered by frame
     pose_from: str | None = None  # a video of a person: poses extracted (needs lcmvideo[pose])
+    canny_from: str | None = None  # a video: its Canny edges, white on black (for canny ControlNets)
+    position_from: str | None = None  # a shapes-world video: a blob where its shape is (the embedded net's maps)
     scale: float = 1.0  # conditioning scale of this net (times the schedule's controlnet_scale)
     start: float = 0.0  # fraction of the denoising steps where this net starts acting
     end: float = 1.0  # ... and stops
@@ -41,7 +45,7 @@ class ControlSpec:
         for k in SOURCE_KEYS:
             if getattr(self, k):
                 return k, getattr(self, k)
-        raise usage("controlnet: needs one of images, video, openpose, pose_from")
+        raise usage(f"controlnet: needs one of {', '.join(SOURCE_KEYS)}")
 
 
 def from_flag(model: str, source: str) -> ControlSpec:
@@ -157,6 +161,29 @@ def assignment(spec: ControlSpec, frames: int) -> list[str | None]:
     return [f"{path.name}#{i}" for i in idx]
 
 
+def annotate(kind: str, frames: np.ndarray) -> np.ndarray:
+    """Conditioning maps (T, H, W, 3) uint8 made from video frames by the `kind` source's annotator."""
+    if kind == "pose_from":
+        from . import pose
+
+        people = pose.extract(frames)
+        return np.stack([pose.draw(p, frames.shape[2], frames.shape[1]) for p in people])
+    if kind == "canny_from":
+        import cv2
+
+        edges = [cv2.Canny(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), *CANNY) for f in frames]
+        return np.repeat(np.stack(edges)[..., None], 3, axis=3)
+    from .shapes import analyse, world
+
+    h, w = frames.shape[1:3]
+    maps = []
+    for f in frames:
+        r = analyse.read(f)
+        maps.append(np.zeros((h, w, 3), np.uint8) if r.colour is None else
+                    world.position_map(r.x, r.y, size=w, height=h, sigma=4.0 * min(h, w) / world.SIZE))
+    return np.stack(maps)
+
+
 def read_image(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
@@ -198,7 +225,7 @@ def load(spec: ControlSpec, frames: int, width: int, height: int,
                 cache[p] = fit(img, width, height, spec.fit)
             out[f] = cache[p]
     elif src == INPUT:
-        if input_frames is None or kind != "pose_from":
+        if input_frames is None or kind not in ANNOTATED:
             raise usage(f"controlnet: {kind}: {INPUT} means the input of a restyle; there is none here")
         picked = input_frames
     else:
@@ -209,12 +236,9 @@ def load(spec: ControlSpec, frames: int, width: int, height: int,
         src_frames, _ = video.read(path)
         idx = _video_indices(len(src_frames), frames, spec, path)
         picked = src_frames[idx]
-    if kind in ("video", "pose_from"):
-        if kind == "pose_from":
-            from . import pose
-
-            people = pose.extract(picked)
-            picked = np.stack([pose.draw(p, picked.shape[2], picked.shape[1]) for p in people])
+    if kind == "video" or kind in ANNOTATED:
+        if kind in ANNOTATED:
+            picked = annotate(kind, picked)
         for f in range(frames):
             out[f] = fit(picked[f], width, height, spec.fit)
     return out, present

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .control import FITS, SOURCE_KEYS, ControlSpec
+from .control import FITS, INPUT, SOURCE_KEYS, ControlSpec
 from .errors import usage
 
 TRAVEL = ("guidance", "lcm_lora_scale", "controlnet_scale", "strength")  # per-keyframe numeric parameters
@@ -292,7 +292,7 @@ def _control(d, path, where, base_dir: Path | None) -> ControlSpec:
                           f"{', '.join(given) if given else 'none'}")
     for k in ("model", *SOURCE_KEYS):
         v = _str(d.get(k), path + (k,), where, optional=True)
-        if v is not None and base_dir is not None:  # relative to the file, as models are
+        if v is not None and v != INPUT and base_dir is not None:  # relative to the file, as models are
             q = Path(v).expanduser()
             if not q.is_absolute() and (k != "model" or (base_dir / q).exists()):
                 v = str((base_dir / q).resolve())

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lcmvideo import flow, img2img, restyle, video
+from lcmvideo import control, flow, img2img, restyle, video
 from lcmvideo.cli import cli
 from lcmvideo.errors import LcmvideoError
-from lcmvideo.shapes import world
+from lcmvideo.shapes import analyse, world
 
 
 def moving_clip(n=8, size=64, speed=2.0):
@@ -358,3 +358,42 @@ def test_shared_noise_flag_reaches_animatediff_mode_only(src_png, tmp_path, tiny
     r = CliRunner().invoke(cli, ["restyle", str(src_png), "-p", "x", "--shared-noise", "0.5", "-o", str(tmp_path / "f")])
     assert r.exit_code == 2 and "--shared-noise goes with --mode animatediff" in r.output
     assert not (tmp_path / "f").exists()
+
+
+def test_canny_and_position_maps_of_the_input():
+    """The annotators behind `--controlnet MODEL canny|position`: edges on the shape's outline, a blob at it."""
+    clip = moving_clip(4)
+    edges = control.annotate("canny_from", clip)
+    assert edges.shape == clip.shape and set(np.unique(edges)) == {0, 255}
+    for f, e in zip(clip, edges):
+        r = analyse.read(f)
+        ys, xs = np.nonzero(e[..., 0])
+        assert abs(xs.mean() - r.x) < 1 and abs(ys.mean() - r.y) < 1  # the circle's outline, centred on it
+        assert e[int(r.y), int(r.x), 0] == 0  # not its inside
+    maps = control.annotate("position_from", clip)
+    for f, m in zip(clip, maps):
+        r, b = analyse.read(f), analyse.read(m)
+        assert abs(b.x - r.x) < 0.5 and abs(b.y - r.y) < 0.5
+    wide = control.annotate("position_from", np.stack([np.pad(clip[0], ((0, 0), (32, 32), (0, 0)))]))
+    assert wide.shape == (1, 64, 128, 3) and abs(analyse.read(wide[0]).x - (analyse.read(clip[0]).x + 32)) < 0.5
+    assert not control.annotate("position_from", np.zeros((1, 64, 64, 3), np.uint8)).any()  # no shape, no blob
+
+
+def test_canny_source_of_the_input_conditions_the_net(session, src_png, tmp_path):
+    """`--controlnet MODEL canny`: the input's edges reach the ControlNet, and change the output."""
+    r = CliRunner().invoke(cli, ["-q", "restyle", str(src_png), "-p", "a blue circle", "--steps", "2", "--no-report",
+                                 "--seed", "1", "--controlnet", "embedded", "canny", "-o", str(tmp_path / "c.mp4")])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "c.mp4.json").read_text())
+    assert meta["settings"]["controlnet"][0]["canny_from"] == control.INPUT
+    plain = run(session, src_png, tmp_path / "p.mp4", steps=2)
+    assert not np.array_equal(video.read(tmp_path / "c.mp4")[0], video.read(plain)[0])
+    sched = tmp_path / "s.yaml"
+    sched.write_text("prompt: a blue circle\nsteps: 2\ncontrolnet:\n  - canny_from: <input>\n")
+    r = CliRunner().invoke(cli, ["-q", "restyle", str(src_png), str(sched), "--no-report", "--seed", "1",
+                                 "-o", str(tmp_path / "s.mp4")])
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(video.read(tmp_path / "s.mp4")[0], video.read(tmp_path / "c.mp4")[0])
+    r = CliRunner().invoke(cli, ["-q", "render", str(sched), "-o", str(tmp_path / "r.mp4")])
+    assert r.exit_code == 2 and "<input> means the input of a restyle" in r.output, r.output
+    assert not (tmp_path / "r.mp4").exists()

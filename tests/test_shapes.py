@@ -199,6 +199,23 @@ def test_restyle_keeps_the_track(restyled):
     assert max(np.hypot(a.x - b.x, a.y - b.y) for a, b in zip(reads, truth)) <= quality.TOLERANCE_PX
 
 
+@trained
+@pytest.mark.parametrize("mode", ["frames", "animatediff"])
+def test_restyle_held_by_the_inputs_position_map_keeps_the_track(session, tmp_path, mode):
+    """What real restyling does to keep structure: a ControlNet on a map of each input frame
+    (`--controlnet embedded position`). Same clip, prompt, strength and seed as the plain case above."""
+    from lcmvideo import control, restyle
+
+    src = world.clip(world.Scene("circle", "red", "black", 16, 32, 9, "moving right", 2.0), 16)
+    video.write(src, tmp_path / "src", 8.0, "png")
+    out, _, _ = session.restyle(tmp_path / "src", prompt="a blue circle", strength=0.6, seed=2, steps=4,
+                                options=restyle.Options(report=False, mode=mode), output=tmp_path / "o.mp4",
+                                controlnet=(control.ControlSpec(position_from=control.INPUT),))
+    reads, truth = analyse.read_clip(out), analyse.read_clip(src)
+    assert np.mean([r.colour == "blue" for r in reads]) >= 0.9
+    assert max(np.hypot(a.x - b.x, a.y - b.y) for a, b in zip(reads, truth)) <= quality.TOLERANCE_PX
+
+
 def test_velocity_and_direction_read_the_world_back():
     for motion in world.MOTIONS:
         scene = world.Scene("circle", "green", "gray", 32, 32, 8, motion, 0.0 if motion == "still" else 1.5)

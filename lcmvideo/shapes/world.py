@@ -96,8 +96,9 @@ def caption(scene: Scene, rng: np.random.Generator | None = None, motion: bool =
     return text
 
 
-def position_map(x: float, y: float, size: int = SIZE, sigma: float = 4.0) -> np.ndarray:
-    """ControlNet conditioning: a white blob centred where the shape should be, on black."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+def position_map(x: float, y: float, size: int = SIZE, sigma: float = 4.0, height: int | None = None) -> np.ndarray:
+    """ControlNet conditioning: a white blob centred where the shape should be, on black
+    (`size` wide, `height` tall: square by default)."""
+    yy, xx = np.mgrid[0:height or size, 0:size].astype(np.float32)
     blob = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
     return np.repeat((blob * 255).round().astype(np.uint8)[..., None], 3, axis=2)
