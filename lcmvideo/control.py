@@ -173,6 +173,8 @@ def annotate(kind: str, frames: np.ndarray) -> np.ndarray:
 
         edges = [cv2.Canny(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), *CANNY) for f in frames]
         return np.repeat(np.stack(edges)[..., None], 3, axis=3)
+    if kind != "position_from":
+        raise ValueError(f"no annotator for {kind}")
     from .shapes import analyse, world
 
     h, w = frames.shape[1:3]

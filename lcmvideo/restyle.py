@@ -115,7 +115,8 @@ def load_source(path: Path, opts: Options, native: int, width: int | None, heigh
             picked.append(control.fit(f, *size, opts.fit))
     frames.close()
     if count is None and seen < last:  # decoded to the end: now the count is known
-        _position(opts.start, fps, seen, "--start"), _position(opts.end, fps, seen, "--end")
+        _position(opts.start, fps, seen, "--start")
+        _position(opts.end, fps, seen, "--end")
     if not picked:
         end = seen if b is None else b
         raise usage(f"--start/--end: nothing selected (frames {a} to {end} of {count or seen})")
