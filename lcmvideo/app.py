@@ -297,7 +297,7 @@ def live_command(schedule_file, model_flags: dict, o: dict, say=print, quiet: bo
         raise usage(f"--width/--height: must be multiples of 8, got {w}x{h}")
     controls = None
     if o["controlnet"]:
-        controls = live_pose_controls(models, o["controlnet"], w, h)
+        controls = live_controls(models, o["controlnet"], o["control_map"] or "openpose", w, h, o["fit"])
     sty = img2img.Stylizer(models, steps=o["steps"], guidance=o["guidance"], seed=o["seed"],
                            negative_prompt=s.negative_prompt)
     src = live.open_source(o["camera"], o["source"], o["loop"])
@@ -315,21 +315,30 @@ def live_command(schedule_file, model_flags: dict, o: dict, say=print, quiet: bo
     return summary
 
 
-def live_pose_controls(models, model: str, width: int, height: int):
-    """A function frame -> [Control] conditioning on the pose of that frame (pose extra)."""
+def live_controls(models, model: str, kind: str, width: int, height: int, fit: str = "crop"):
+    """A function frame -> [Control] conditioning on a map of that frame: its pose (pose extra),
+    its Canny edges, or where its shape is (the shapes family)."""
     import torch
 
-    from . import pose
+    from . import control, pose
     from .models import resolve_controlnet
     from .render import Control
 
     net = models.controlnet(resolve_controlnet(model, models.spec, "--controlnet"))
-    est = pose.MediaPipePose()
+    if kind == "openpose":
+        est = pose.MediaPipePose()
+
+        def draw(frame):
+            return pose.draw(est(frame), width, height)
+    else:
+        source = {"canny": "canny_from", "position": "position_from"}[kind]
+
+        def draw(frame):
+            return control.annotate(source, control.fit(frame, width, height, fit)[None])[0]
     dtype, device = models.pipe.unet.dtype, models.spec.device
 
     def controls(frame):
-        img = pose.draw(est(frame), width, height)
-        t = torch.from_numpy(img).to(device).permute(2, 0, 1)[None].to(dtype) / 255.0
+        t = torch.from_numpy(draw(frame)).to(device).permute(2, 0, 1)[None].to(dtype) / 255.0
         return [Control(net, t, torch.ones(1, device=device, dtype=dtype))]
 
     return controls

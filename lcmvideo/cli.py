@@ -368,11 +368,15 @@ def flicker(video_file, reference, as_json):
 @click.option("--no-window", is_flag=True, help="Never open a window (record and log instead).")
 @click.option("--virtual-cam", is_flag=True, help="Also send frames to a virtual camera (lcmvideo[virtualcam]).")
 @click.option("--controlnet", "controlnet", metavar="MODEL",
-              help="An OpenPose ControlNet ('embedded' for the embedded one): poses of each frame (lcmvideo[pose]).")
+              help="A ControlNet ('embedded' for the embedded one) conditioned on a map of each frame (--control-map).")
+@click.option("--control-map", type=click.Choice(["openpose", "canny", "position"]),
+              help="--controlnet's map: the pose (lcmvideo[pose]), Canny edges, or the shapes world's blob. "
+                   "[default: openpose]")
 @model_options
 @click.pass_obj
 def live(obj: Ctx, schedule_file, camera, source, loop, prompts, strength, steps, guidance, seed, width, height, fit,
-         out, fps, max_frames, duration, similarity_threshold, no_window, virtual_cam, controlnet, **model_kw):
+         out, fps, max_frames, duration, similarity_threshold, no_window, virtual_cam, controlnet, control_map,
+         **model_kw):
     """Stylize a camera (or a video, or a synthetic source) in real time.
 
     Keys in the window: q/Esc quit, space pause, s snapshot, p next prompt. Without a display
@@ -382,12 +386,14 @@ def live(obj: Ctx, schedule_file, camera, source, loop, prompts, strength, steps
 
     if camera is not None and source is not None:
         raise click.UsageError("--camera and --source exclude each other")
+    if control_map and not controlnet:
+        raise click.UsageError("--control-map goes with --controlnet MODEL")
     flags = {k: v for k, v in model_flags(**model_kw).items() if v not in (None, ())}
     app.live_command(schedule_file, flags, dict(
         camera=camera, source=source, loop=loop, prompts=list(prompts), strength=strength, steps=steps,
         guidance=guidance, seed=seed, width=width, height=height, fit=fit, out=out, fps=fps, max_frames=max_frames,
         duration=duration, similarity=similarity_threshold, window=not no_window, virtual_cam=virtual_cam,
-        controlnet=controlnet), say=obj.say, quiet=obj.quiet, verbose=obj.verbose)
+        controlnet=controlnet, control_map=control_map), say=obj.say, quiet=obj.quiet, verbose=obj.verbose)
 
 
 def main(argv=None):

@@ -115,6 +115,16 @@ def test_headless_run_records_what_it_produced(tmp_path, tiny_dir):
     assert "no window" in r.output  # headless: said so, recorded instead
 
 
+def test_canny_controlnet_runs_live_and_control_map_needs_a_net(tmp_path, tiny_dir):
+    out = tmp_path / "rec.mp4"
+    r = CliRunner().invoke(cli, ["live", "--source", "synthetic", "-p", "a blue circle", "--max-frames", "3",
+                                 "--out", str(out), "--steps", "1", "--controlnet", "embedded", "--control-map", "canny"])
+    assert r.exit_code == 0, r.output
+    assert video.read(out)[0].shape == (3, 64, 64, 3)
+    r = CliRunner().invoke(cli, ["live", "--source", "synthetic", "-p", "x", "--control-map", "canny"])
+    assert r.exit_code == 2 and "--control-map goes with --controlnet" in r.output
+
+
 def test_no_display_without_out_records_to_default(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     s = live.run(SlowStylizer(0.0), live.Synthetic(fps=0, size=64, frames=6), opts(window=True), say=lambda m: None)

@@ -216,6 +216,21 @@ def test_restyle_held_by_the_inputs_position_map_keeps_the_track(session, tmp_pa
     assert max(np.hypot(a.x - b.x, a.y - b.y) for a, b in zip(reads, truth)) <= quality.TOLERANCE_PX
 
 
+@trained
+def test_live_position_map_places_the_shape(session):
+    """`live --controlnet embedded --control-map position`: each stylized frame keeps its input's place."""
+    from lcmvideo import app, img2img
+
+    models = session.models(session.settings(prompt="x"))
+    controls = app.live_controls(models, "embedded", "position", 64, 64)
+    sty = img2img.Stylizer(models, steps=2, seed=0)
+    src = world.clip(world.Scene("circle", "red", "black", 14, 32, 9, "moving right", 2.5), 16)
+    reads = [analyse.read(sty(f, "a blue circle", 0.6, controls=[(c, 0) for c in controls(f)]).image) for f in src]
+    truth = analyse.read_clip(src)
+    assert np.mean([r.colour == "blue" for r in reads]) >= 0.9
+    assert np.mean([np.hypot(a.x - b.x, a.y - b.y) <= quality.TOLERANCE_PX for a, b in zip(reads, truth)]) >= 0.9
+
+
 def test_velocity_and_direction_read_the_world_back():
     for motion in world.MOTIONS:
         scene = world.Scene("circle", "green", "gray", 32, 32, 8, motion, 0.0 if motion == "still" else 1.5)
