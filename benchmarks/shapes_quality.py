@@ -1,7 +1,9 @@
 """Speed against quality on the shapes world: LCM at 1, 2, 4, 8 steps, the teacher at 4, 8, 25, 50.
 
-The student is the shipped family with its LCM-LoRA (LCMScheduler, guidance 1); the teacher is
-the same family without it (DDIM, guidance 2.5, the distillation's middle). For every
+The student is the shipped family with its LCM-LoRA (LCMScheduler, guidance 1); "TCD" is the same
+LoRA sampled by diffusers' TCDScheduler with gamma 0 (the pipelines' eta), a multistep consistency
+sampler that re-noises with its own noise estimate instead of fresh noise; the teacher is the same
+family without the LoRA (DDIM, guidance 2.5, the distillation's middle). For every
 colour x shape prompt and a few seeds, each sampler starts from the same noise. Two tables:
 
 - pictures (the 2D UNet): colour accuracy, agreement with the 50-step teacher (same colour,
@@ -24,8 +26,8 @@ import time
 
 import numpy as np
 
-RUNS = [("teacher", 50), ("LCM", 1), ("LCM", 2), ("LCM", 4), ("LCM", 8), ("teacher", 4), ("teacher", 8),
-        ("teacher", 25)]  # the 50-step teacher first: it is the reference
+RUNS = [("teacher", 50), ("LCM", 1), ("LCM", 2), ("LCM", 4), ("LCM", 8), ("TCD", 2), ("TCD", 4), ("teacher", 4),
+        ("teacher", 8), ("teacher", 25)]  # the 50-step teacher first: it is the reference
 
 
 def table(title, unit, cases, make):
@@ -60,16 +62,18 @@ def main():
         raise SystemExit("the shapes weights are not shipped in this checkout (python -m lcmvideo.shapes.train)")
     s1, s2 = Session(), Session(lcm_lora="none")
     student, teacher = s1.models(s1.settings(prompt="x")), s2.models(s2.settings(prompt="x"))
-    guidance = {"LCM": 1.0, "teacher": quality.TEACHER_GUIDANCE}
+    guidance = {"LCM": 1.0, "TCD": 1.0, "teacher": quality.TEACHER_GUIDANCE}
 
     cases = quality.prompts_and_truth(a.seeds)
-    pics = {"LCM": quality.image_pipeline(student, "lcm"), "teacher": quality.image_pipeline(teacher, "ddim")}
+    pics = {"LCM": quality.image_pipeline(student, "lcm"), "TCD": quality.image_pipeline(student, "tcd"),
+            "teacher": quality.image_pipeline(teacher, "ddim")}
     print(f"CPU, 64x64; {len(cases)} pictures per sampler ({len(cases) // a.seeds} prompts x {a.seeds} seeds)")
     table("pictures", "ms/picture", cases, lambda name, steps: quality.generate(
         pics[name], [p for p, _, _ in cases], [s for _, _, s in cases], steps, guidance[name]))
 
     cases = quality.prompts_and_truth(a.clip_seeds)
-    clips = {"LCM": quality.clip_pipeline(student, "lcm"), "teacher": quality.clip_pipeline(teacher, "ddim")}
+    clips = {"LCM": quality.clip_pipeline(student, "lcm"), "TCD": quality.clip_pipeline(student, "tcd"),
+             "teacher": quality.clip_pipeline(teacher, "ddim")}
     table(f"16-frame clips ({len(cases)} per sampler)", "s/clip", cases, lambda name, steps: np.stack([
         quality.generate_clip(clips[name], p, s, steps, guidance[name]) for p, _, s in cases]))
 

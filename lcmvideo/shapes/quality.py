@@ -29,11 +29,11 @@ def prompts_and_truth(seeds_per_prompt: int = 2):
 
 def image_pipeline(models, scheduler: str):
     """A StableDiffusionPipeline over the loaded family's 2D UNet with the named scheduler."""
-    from diffusers import DDIMScheduler, LCMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, LCMScheduler, StableDiffusionPipeline, TCDScheduler
 
     from ..img2img import unet2d
 
-    cls = {"ddim": DDIMScheduler, "lcm": LCMScheduler}[scheduler]
+    cls = {"ddim": DDIMScheduler, "lcm": LCMScheduler, "tcd": TCDScheduler}[scheduler]
     p = models.pipe
     pipe = StableDiffusionPipeline(vae=p.vae, text_encoder=p.text_encoder, tokenizer=p.tokenizer, unet=unet2d(models),
                                    scheduler=cls.from_config(p.scheduler.config), safety_checker=None,
@@ -58,9 +58,9 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: f
 
 def clip_pipeline(models, scheduler: str):
     """The loaded family's AnimateDiff pipeline with the named scheduler (16-frame clips)."""
-    from diffusers import AnimateDiffPipeline, DDIMScheduler, LCMScheduler
+    from diffusers import AnimateDiffPipeline, DDIMScheduler, LCMScheduler, TCDScheduler
 
-    cls = {"ddim": DDIMScheduler, "lcm": LCMScheduler}[scheduler]
+    cls = {"ddim": DDIMScheduler, "lcm": LCMScheduler, "tcd": TCDScheduler}[scheduler]
     parts = {**models.pipe.components, "scheduler": cls.from_config(models.pipe.scheduler.config)}
     pipe = AnimateDiffPipeline(**parts)
     pipe.set_progress_bar_config(disable=True)
