@@ -297,7 +297,7 @@ def live_command(schedule_file, model_flags: dict, o: dict, say=print, quiet: bo
         raise usage(f"--width/--height: must be multiples of 8, got {w}x{h}")
     controls = None
     if o["controlnet"]:
-        controls = live_controls(models, o["controlnet"], o["control_map"] or "openpose", w, h, o["fit"])
+        controls = live_controls(models, o["controlnet"], o["control_map"], w, h, o["fit"])
     sty = img2img.Stylizer(models, steps=o["steps"], guidance=o["guidance"], seed=o["seed"],
                            negative_prompt=s.negative_prompt)
     src = live.open_source(o["camera"], o["source"], o["loop"])
@@ -316,8 +316,8 @@ def live_command(schedule_file, model_flags: dict, o: dict, say=print, quiet: bo
 
 
 def live_controls(models, model: str, kind: str, width: int, height: int, fit: str = "crop"):
-    """A function frame -> [Control] conditioning on a map of that frame: its pose (pose extra),
-    its Canny edges, or where its shape is (the shapes family)."""
+    """A function frame -> [Control] conditioning on a map of that frame, drawn by the annotator of
+    source `kind` (control.ANNOTATED): its pose (pose extra), Canny edges, or where its shape is."""
     import torch
 
     from . import control, pose
@@ -325,16 +325,14 @@ def live_controls(models, model: str, kind: str, width: int, height: int, fit: s
     from .render import Control
 
     net = models.controlnet(resolve_controlnet(model, models.spec, "--controlnet"))
-    if kind == "openpose":
+    if kind == "pose_from":  # one estimator for the whole stream, not one per frame
         est = pose.MediaPipePose()
 
         def draw(frame):
             return pose.draw(est(frame), width, height)
     else:
-        source = {"canny": "canny_from", "position": "position_from"}[kind]
-
         def draw(frame):
-            return control.annotate(source, control.fit(frame, width, height, fit)[None])[0]
+            return control.annotate(kind, control.fit(frame, width, height, fit)[None])[0]
     dtype, device = models.pipe.unet.dtype, models.spec.device
 
     def controls(frame):

@@ -14,7 +14,8 @@ from .errors import LcmvideoError
 
 _state: dict = {}  # for main(): whether to show tracebacks
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-# restyle's `--controlnet MODEL SOURCE` words for a map drawn from each input frame (control.ANNOTATED)
+# restyle's `--controlnet MODEL SOURCE` and live's `--control-map` words for a map drawn from each
+# input frame, and the ControlSpec source each stands for (control.ANNOTATED)
 INPUT_ANNOTATORS = {"openpose": "pose_from", "canny": "canny_from", "position": "position_from"}
 
 
@@ -369,7 +370,7 @@ def flicker(video_file, reference, as_json):
 @click.option("--virtual-cam", is_flag=True, help="Also send frames to a virtual camera (lcmvideo[virtualcam]).")
 @click.option("--controlnet", "controlnet", metavar="MODEL",
               help="A ControlNet ('embedded' for the embedded one) conditioned on a map of each frame (--control-map).")
-@click.option("--control-map", type=click.Choice(["openpose", "canny", "position"]),
+@click.option("--control-map", type=click.Choice(list(INPUT_ANNOTATORS)),
               help="--controlnet's map: the pose (lcmvideo[pose]), Canny edges, or the shapes world's blob. "
                    "[default: openpose]")
 @model_options
@@ -393,7 +394,7 @@ def live(obj: Ctx, schedule_file, camera, source, loop, prompts, strength, steps
         camera=camera, source=source, loop=loop, prompts=list(prompts), strength=strength, steps=steps,
         guidance=guidance, seed=seed, width=width, height=height, fit=fit, out=out, fps=fps, max_frames=max_frames,
         duration=duration, similarity=similarity_threshold, window=not no_window, virtual_cam=virtual_cam,
-        controlnet=controlnet, control_map=control_map), say=obj.say, quiet=obj.quiet, verbose=obj.verbose)
+        controlnet=controlnet, control_map=INPUT_ANNOTATORS[control_map or "openpose"]), say=obj.say, quiet=obj.quiet, verbose=obj.verbose)
 
 
 def main(argv=None):

@@ -222,7 +222,7 @@ def test_live_position_map_places_the_shape(session):
     from lcmvideo import app, img2img
 
     models = session.models(session.settings(prompt="x"))
-    controls = app.live_controls(models, "embedded", "position", 64, 64)
+    controls = app.live_controls(models, "embedded", "position_from", 64, 64)
     sty = img2img.Stylizer(models, steps=2, seed=0)
     src = world.clip(world.Scene("circle", "red", "black", 14, 32, 9, "moving right", 2.5), 16)
     reads = [analyse.read(sty(f, "a blue circle", 0.6, controls=[(c, 0) for c in controls(f)]).image) for f in src]
