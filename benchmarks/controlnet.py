@@ -27,9 +27,9 @@ def main():
 
     from PIL import Image
 
-    from lcmvideo import models, pose, render
-    from lcmvideo.control import ControlSpec
-    from lcmvideo.schedule import ModelPaths, Settings
+    from lcmvideo import models
+    from lcmvideo.pipeline import pose, text2video
+    from lcmvideo.schedule import ControlSpec, ModelPaths, Settings
 
     loaded = models.load(models.resolve(ModelPaths()))
     tmp = Path(tempfile.mkdtemp())
@@ -45,12 +45,12 @@ def main():
             s.controlnet = [ControlSpec(images=str(tmp / "0000.png"))]
         return s
 
-    render.render(loaded, settings(True))  # warm-up, loads the ControlNet once
+    text2video.render(loaded, settings(True))  # warm-up, loads the ControlNet once
     t_with, t_without = [], []
     for _ in range(args.reps):
         for flag, bucket in ((False, t_without), (True, t_with)):
             t = time.perf_counter()
-            render.render(loaded, settings(flag))
+            text2video.render(loaded, settings(flag))
             bucket.append(time.perf_counter() - t)
     ratio = statistics.median(t_with) / statistics.median(t_without)
     print(f"embedded tiny family, CPU, {args.frames} frames 64x64, {args.steps} steps, {args.reps} reps")

@@ -36,7 +36,7 @@ def plain(models, src, n, size, prompt, steps, strength, out):
     import torch
     from PIL import Image
 
-    from lcmvideo import img2img
+    from lcmvideo.pipeline import img2img
 
     pipe = img2img.img2img_pipeline(models)
     total = img2img.schedule_length(pipe.scheduler, steps, strength)
@@ -57,7 +57,8 @@ def streamdiff(models, src, n, size, prompt, steps, strength, out):
     """The StreamDiffusion recipe without its TensorRT/batching: everything per-clip precomputed."""
     import torch
 
-    from lcmvideo import img2img, prompts
+    from lcmvideo.pipeline import img2img
+    from lcmvideo.pipeline import text as prompts
 
     p = models.pipe
     unet, vae, sched = img2img.unet2d(models), p.vae, type(p.scheduler).from_config(p.scheduler.config)
@@ -85,7 +86,8 @@ def streamdiff(models, src, n, size, prompt, steps, strength, out):
 
 
 def ours(models, src, n, size, prompt, steps, strength, out):
-    from lcmvideo import img2img, live
+    from lcmvideo import live
+    from lcmvideo.pipeline import img2img
 
     sty = img2img.Stylizer(models, steps=steps, seed=0)
     s = live.run(sty, src, live.Options(prompts=[prompt], strength=strength, width=size, height=size, out=out,
@@ -103,8 +105,9 @@ def main():
     ap.add_argument("--camera-fps", type=float, default=30.0, help="rate of the synthetic camera")
     a = ap.parse_args()
 
-    from lcmvideo import live, tiny
+    from lcmvideo import live
     from lcmvideo.api import Session
+    from lcmvideo.models import embedded
 
     session = Session()
     models = session.models(session.settings(prompt="x"))
@@ -119,7 +122,7 @@ def main():
             fps[name].append(f)
             lat[name] += lt
     print(f"{a.frames} frames {a.size}x{a.size}, {a.steps} LCM steps at strength {a.strength}, "
-          f"embedded family {tiny.version()}, CPU\n")
+          f"embedded family {embedded.version()}, CPU\n")
     print(f"{'loop':<12}{'fps':>8}{'median ms':>11}{'p95 ms':>9}{'fps ratio':>11}")
     best = {k: statistics.median(v) for k, v in fps.items()}
     for k in runs:

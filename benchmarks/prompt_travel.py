@@ -25,7 +25,8 @@ def main():
 
     import torch
 
-    from lcmvideo import models, render
+    from lcmvideo import models
+    from lcmvideo.pipeline import text2video
     from lcmvideo.schedule import ModelPaths, Settings
 
     loaded = models.load(models.resolve(ModelPaths()))
@@ -43,7 +44,7 @@ def main():
         s.keyframes = {str(round(i * (frames - 1) / (n_kf - 1))): f"a {words[i]}" for i in range(n_kf)}
         return s
 
-    render.render(loaded, settings(16, 2))  # warm-up
+    text2video.render(loaded, settings(16, 2))  # warm-up
     per_frame = {}
     print(f"cpu x{torch.get_num_threads()} threads, embedded tiny family 64x64, {args.steps} steps, "
           f"context 16 overlap {args.overlap}")
@@ -54,7 +55,7 @@ def main():
             for _ in range(args.reps):
                 counts.update(text=0, unet_frames=0)
                 t = time.perf_counter()
-                out = render.render(loaded, settings(frames, n_kf))
+                out = text2video.render(loaded, settings(frames, n_kf))
                 times.append(time.perf_counter() - t)
                 assert out.shape[0] == frames
             spf = statistics.median(times) / frames

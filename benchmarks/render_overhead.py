@@ -28,9 +28,9 @@ def full_size_family(out: Path) -> Path:
     from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from lcmvideo import tiny
-    from lcmvideo.models import SD15_CONFIG
-    from lcmvideo.tokenizer import tokenizer_dir
+    from lcmvideo.models import embedded
+    from lcmvideo.models.loader import SD15_CONFIG
+    from lcmvideo.models.tokenizer import tokenizer_dir
 
     if (out / "done").exists():
         return out
@@ -44,7 +44,7 @@ def full_size_family(out: Path) -> Path:
 
     shutil.copytree(tokenizer_dir(), out / "tokenizer", dirs_exist_ok=True)
     shutil.copytree(SD15_CONFIG / "scheduler", out / "scheduler", dirs_exist_ok=True)
-    (out / "model_index.json").write_text((tiny.ensure() / "model_index.json").read_text())
+    (out / "model_index.json").write_text((embedded.ensure() / "model_index.json").read_text())
     (out / "done").write_text("1")
     return out
 
@@ -95,10 +95,12 @@ def main():
     import torch
     from diffusers import AnimateDiffPipeline, LCMScheduler, MotionAdapter
 
-    from lcmvideo import models, render, tiny
+    from lcmvideo import models
+    from lcmvideo.models import embedded
+    from lcmvideo.pipeline import text2video
     from lcmvideo.schedule import ModelPaths, Settings
 
-    base = full_size_family(Path(tempfile.gettempdir()) / "lcmvideo-bench-sd15") if args.full_size else tiny.ensure()
+    base = full_size_family(Path(tempfile.gettempdir()) / "lcmvideo-bench-sd15") if args.full_size else embedded.ensure()
     mp = ModelPaths(base=str(base), motion=str(base / "motion_adapter"),
                     lcm_lora="none" if args.full_size else str(base / "lcm_lora"),
                     device=args.device, dtype=args.dtype)
@@ -124,7 +126,7 @@ def main():
     def run_ours():
         s = Settings(keyframes={0: "a red circle moving right"}, frames=args.frames, width=size, height=size,
                      steps=args.steps, guidance=1.0, seed=1)
-        return render.render(ours, s, quiet=True)
+        return text2video.render(ours, s, quiet=True)
 
     def run_plain():
         out = plain(prompt="a red circle moving right", num_frames=args.frames, width=size, height=size,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 def source(path: Path, frames: int):
-    from lcmvideo import video
+    from lcmvideo.output import video
     from lcmvideo.shapes import world
 
     clip = world.clip(world.Scene("circle", "red", "black", 12, 32, 9, "moving right", 36 / frames), frames)
@@ -35,7 +35,8 @@ def plain(models, src: Path, out: Path, prompt: str, steps: int, strength: float
     import torch
     from PIL import Image
 
-    from lcmvideo import img2img, video
+    from lcmvideo.output import video
+    from lcmvideo.pipeline import img2img
 
     frames, fps = video.read(src)
     pipe = img2img.img2img_pipeline(models)
@@ -59,8 +60,10 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
 
-    from lcmvideo import flow, restyle, tiny, video
     from lcmvideo.api import Session
+    from lcmvideo.models import embedded
+    from lcmvideo.output import flow, video
+    from lcmvideo.pipeline import restyle
 
     tmp = Path(tempfile.mkdtemp())
     src = source(tmp / "src.mp4", a.frames)
@@ -86,7 +89,7 @@ def main():
                 results[name] = ours(name)
             times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{a.frames} frames 64x64, {a.steps} steps at strength {a.strength}, embedded family {tiny.version()}, CPU\n")
+    print(f"{a.frames} frames 64x64, {a.steps} steps at strength {a.strength}, embedded family {embedded.version()}, CPU\n")
     print(f"{'run':<14}{'s':>8}{'fps':>8}{'ratio':>8}")
     for k, v in med.items():
         print(f"{k:<14}{v:>8.2f}{a.frames / v:>8.1f}{v / med['plain']:>8.2f}")

@@ -31,7 +31,7 @@ RUNS = [("teacher", 50), ("LCM", 1), ("LCM", 2), ("LCM", 4), ("LCM", 8), ("TCD",
 
 
 def table(title, unit, cases, make):
-    from lcmvideo.shapes import quality
+    from training.shapes import quality
 
     colours = [c for _, c, _ in cases]
     print(f"\n{title}\n{'sampler':<10}{'steps':>6}{'colour':>9}{'agree@50':>10}{'dist@50':>9}{unit:>12}")
@@ -54,12 +54,12 @@ def main():
     ap.add_argument("--clip-seeds", type=int, default=1, help="seeds per prompt, clips")
     a = ap.parse_args()
 
-    from lcmvideo import tiny
     from lcmvideo.api import Session
-    from lcmvideo.shapes import quality
+    from lcmvideo.models import embedded
+    from training.shapes import quality
 
-    if not tiny.use_shipped():
-        raise SystemExit("the shapes weights are not shipped in this checkout (python -m lcmvideo.shapes.train)")
+    if not embedded.use_shipped():
+        raise SystemExit("the shapes weights are not shipped in this checkout (python -m training/shapes/train.py)")
     s1, s2 = Session(), Session(lcm_lora="none")
     student, teacher = s1.models(s1.settings(prompt="x")), s2.models(s2.settings(prompt="x"))
     guidance = {"LCM": 1.0, "TCD": 1.0, "teacher": quality.TEACHER_GUIDANCE}
@@ -85,7 +85,7 @@ def renoise_ceiling(pipe, cases, guidance):
     import torch
     from diffusers import DDIMScheduler
 
-    from lcmvideo.shapes import quality
+    from training.shapes import quality
 
     prompts, seeds = [c[0] for c in cases], [c[2] for c in cases]
     with torch.inference_mode():

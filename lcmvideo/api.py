@@ -24,7 +24,8 @@ from .schedule import MODEL_KEYS, Settings
 
 def _live(session, source=None, camera=None, prompts=("",), *, steps=2, guidance=1.0, seed=0, loop=False,
           **options):
-    from . import img2img, live
+    from . import live
+    from .pipeline import img2img
 
     s = session.settings(prompt=prompts[0], steps=steps)
     models = session.models(s)
@@ -37,10 +38,10 @@ def _live(session, source=None, camera=None, prompts=("",), *, steps=2, guidance
 
 
 def embedded_note() -> str:
-    from . import tiny
+    from .models import embedded
 
-    what = ("the embedded shapes-world family (64x64: coloured circles, squares, triangles; see the README)"
-            if tiny.use_shipped() else "the embedded tiny family (random weights, for trying the tool)")
+    what = ("the embedded shapes-world family (64x64: coloured circles, squares, triangles; see docs/shapes.md)"
+            if embedded.use_shipped() else "the embedded tiny family (random weights, for trying the tool)")
     return f"using {what}; pass --model/--motion/--lcm-lora (or set LCMVIDEO_MODELS_DIR) for real clips"
 
 
@@ -72,7 +73,7 @@ class Session:
         """The loaded model set for these settings: reused when the model settings are unchanged."""
         from . import models
 
-        spec = models.resolve(s.models, getattr(s, "_sources", {}))
+        spec = models.resolve(s.models, s.sources)
         if spec.fuse and schedule.travels_lora(s):
             spec.fuse = False
             self.say("note: LoRA weights travel in this schedule, so LoRAs stay unfused (per-window weights, slower)")
@@ -89,16 +90,18 @@ class Session:
         return self._models
 
     def render(self, source=None, **overrides) -> np.ndarray:
-        """Frames (T, H, W, 3) uint8 of one clip."""
-        from . import render
+        """Frames (T, H, W, 3) uint8 of one clip: `source` a schedule file, a Settings or nothing, with
+        this Session's model settings and the overrides applied (to a copy)."""
+        from .pipeline import text2video
 
-        s = source if isinstance(source, Settings) and not overrides else self.settings(source, **overrides)
+        s = self.settings(source, **overrides)
         schedule.require_prompt(s)
-        return render.render(self.models(s), s, quiet=self.quiet, cache=self.cache)
+        return text2video.render(self.models(s), s, quiet=self.quiet, cache=self.cache)
 
     def render_to_file(self, source=None, output=None, **overrides) -> Path:
         """Render and write the clip with its sidecar; returns the output path."""
-        from . import render, video
+        from .output import video
+        from .pipeline import text2video
 
         t0 = time.perf_counter()
         s = self.settings(source, **overrides)
@@ -110,10 +113,11 @@ class Session:
             self.say(f"warning: {w}")
         loaded = self.models(s)
         t_load = time.perf_counter()
-        frames = render.render(loaded, s, quiet=self.quiet, cache=self.cache)
+        s = text2video.resolve_settings(s, loaded)  # the seed, size and noise the sidecar records
+        frames = text2video.render(loaded, s, quiet=self.quiet, cache=self.cache)
         t_render = time.perf_counter()
         spec = loaded.spec
-        meta = sidecar("render", fmt, s, spec, frames, job=getattr(s, "_job", None))
+        meta = sidecar("render", fmt, s, spec, frames, job=s.job)
         meta["timing_s"] = {"load": round(t_load - t0, 3), "render": round(t_render - t_load, 3)}
         video.write(frames, out, s.fps, fmt, meta, quiet=self.quiet)
         self.say(f"wrote {out}: {frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, {s.fps:g} fps, "
@@ -131,7 +135,7 @@ class Session:
 
         `source` is a schedule file or Settings (prompts travel over the input's frames);
         `options` a restyle.Options; work in progress goes beside `output` (resumable)."""
-        from . import restyle
+        from .pipeline import restyle
 
         opts = options or restyle.Options()
         size = {k: overrides.pop(k, None) for k in ("width", "height")}
@@ -142,14 +146,17 @@ class Session:
         s = self.settings(source, frames=len(src.frames), fps=fps or round(src.fps, 3), **overrides)
         schedule.require_prompt(s)
         out = Path(output) if output else Path(video).with_name(Path(video).stem + ".restyled.mp4")
-        frames = restyle.restyle(self.models(s), s, src, opts, out, quiet=self.quiet, say=self.say)
+        models = self.models(s)
+        s = restyle.settings_for(models, s, src)
+        frames = restyle.restyle(models, s, src, opts, out, quiet=self.quiet, say=self.say)
         return frames, src, s
 
     def restyle_to_file(self, video, output=None, source=None, options=None, **overrides) -> Path:
         """Restyle and write the clip (audio copied into MP4), its sidecar and flicker report."""
         import shutil
 
-        from . import flow, restyle, video as vid
+        from .output import flow, video as vid
+        from .pipeline import restyle
 
         t0 = time.perf_counter()
         opts = options or restyle.Options()

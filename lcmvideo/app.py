@@ -67,7 +67,7 @@ def job_key(schedule_file: Path | None, overrides: dict) -> str:
 
 
 def _done(out: Path | None, key: str) -> bool:
-    from .video import sidecar_path
+    from .output.video import sidecar_path
 
     if out is None or not out.exists():
         return False
@@ -174,7 +174,7 @@ def models_command(schedule_file, flags: dict, as_json: bool = False, echo=print
     from . import models
 
     s = schedule.from_source(schedule_file, **{k: v for k, v in flags.items() if k in MODEL_KEYS})
-    spec = models.resolve(s.models, s._sources)
+    spec = models.resolve(s.models, s.sources)
     rows = []
     for ref in spec.refs():
         sn = ref.sniffed
@@ -204,8 +204,8 @@ def models_command(schedule_file, flags: dict, as_json: bool = False, echo=print
 
 def plan_table(s: Settings, source: str) -> dict:
     """What `lcmvideo plan` shows, as data."""
-    from . import control
-    from .render import windows
+    from .pipeline import control
+    from .schedule import windows
 
     rows = schedule.plan(s)
     kfs = s.resolved
@@ -268,8 +268,7 @@ def convert_command(source: Path, output: Path | None, echo=print):
     if output is None:
         echo(text, nl=False)
         return
-    from .errors import usage
-    from .video import write_text
+    from .output.atomic import write_text
 
     if not Path(output).resolve().parent.is_dir():
         raise usage(f"{output}: the folder {Path(output).resolve().parent} does not exist")
@@ -281,8 +280,9 @@ def live_command(schedule_file, model_flags: dict, o: dict, say=print, quiet: bo
     """Load the models once, open the source, run the live loop, print the summary."""
     import signal
 
-    from . import img2img, live
+    from . import live
     from .api import Session
+    from .pipeline import img2img
     from .schedule import full_prompt
 
     session = Session(quiet=quiet, verbose=verbose, say=say, **model_flags)
@@ -320,9 +320,10 @@ def live_controls(models, model: str, kind: str, width: int, height: int, fit: s
     source `kind` (control.ANNOTATED): its pose (pose extra), Canny edges, or where its shape is."""
     import torch
 
-    from . import control, pose
     from .models import resolve_controlnet
-    from .render import Control
+    from .output.images import fit as fit_to
+    from .pipeline import control, pose
+    from .pipeline.denoise import Control
 
     net = models.controlnet(resolve_controlnet(model, models.spec, "--controlnet"))
     if kind == "pose_from":  # one estimator for the whole stream, not one per frame
@@ -332,7 +333,7 @@ def live_controls(models, model: str, kind: str, width: int, height: int, fit: s
             return pose.draw(est(frame), width, height)
     else:
         def draw(frame):
-            return control.annotate(kind, control.fit(frame, width, height, fit)[None])[0]
+            return control.annotate(kind, fit_to(frame, width, height, fit)[None])[0]
     dtype, device = models.pipe.unet.dtype, models.spec.device
 
     def controls(frame):

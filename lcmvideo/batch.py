@@ -8,6 +8,7 @@ on a cluster that means shared storage (NFS, a mounted bucket) at the same path 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from .errors import LcmvideoError, usage
@@ -45,8 +46,7 @@ def run_job(job: tuple, session=None) -> tuple:
     source, out, overrides, key, label = job
     session = session or _session
     try:
-        s = session.settings(Path(source) if source else None, **overrides)
-        s._job = key
+        s = replace(session.settings(Path(source) if source else None, **overrides), job=key)
         return "ok", label, str(session.render_to_file(s, out))
     except LcmvideoError as e:
         return "error", label, e.message

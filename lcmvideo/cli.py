@@ -158,7 +158,8 @@ def render(obj: Ctx, schedule_files, output, watch, max_renders, seeds, workers,
     A render's sidecar JSON (OUTPUT.json) is itself a schedule file: `lcmvideo render clip.mp4.json`
     renders the same frames again.
     """
-    from . import app, control
+    from . import app
+    from .pipeline import control
 
     flags = dict(prompt=prompt, negative_prompt=negative_prompt, frames=frames, width=width, height=height,
                  fps=fps, steps=steps, guidance=guidance, seed=seed, shared_noise=shared_noise,
@@ -226,8 +227,8 @@ def pose():
 @click.pass_obj
 def pose_extract(obj: Ctx, video_file, output):
     """Extract the pose of a person from a video (needs: pip install 'lcmvideo[pose]')."""
-    from . import pose as pose_mod
-    from . import video
+    from .output import video
+    from .pipeline import pose as pose_mod
 
     if not video_file.is_file():
         raise LcmvideoError(f"{video_file}: no such video")
@@ -283,8 +284,9 @@ def restyle(obj: Ctx, input_video, schedule_file, output, fmt, prompt, negative_
 
     Prints and records the flicker (warping error) of the output next to the input's own.
     """
-    from . import control, restyle as rs
     from .api import Session
+    from .pipeline import control, restyle as rs
+    from .schedule import INPUT, ControlSpec
 
     if schedule_file is None and prompt is None:
         raise click.UsageError("give a SCHEDULE_FILE or --prompt")
@@ -297,8 +299,8 @@ def restyle(obj: Ctx, input_video, schedule_file, output, fmt, prompt, negative_
     specs = []
     for m, src in controlnets:
         if src.lower() in INPUT_ANNOTATORS:
-            specs.append(control.ControlSpec(model=None if m.lower() in ("embedded", "default") else m,
-                                             **{INPUT_ANNOTATORS[src.lower()]: control.INPUT}))
+            specs.append(ControlSpec(model=None if m.lower() in ("embedded", "default") else m,
+                                     **{INPUT_ANNOTATORS[src.lower()]: INPUT}))
         else:
             specs.append(control.from_flag(m, src))
     opts = rs.Options(mode=mode, start=start, end=end, every=every, max_frames=max_frames, fit=fit, blend=blend,
@@ -321,17 +323,17 @@ def flicker(video_file, reference, as_json):
     """Measure flicker: warping error (lower is steadier) and plain frame difference."""
     import json
 
-    from . import flow, video
     from .errors import usage
+    from .output import flow, video
 
     frames, _ = video.read(video_file)
     ref = None
     if reference is not None:
         ref, _ = video.read(reference)
         if ref.shape[1:3] != frames.shape[1:3]:
-            from .control import fit
-
             import numpy as np
+
+            from .output.images import fit
 
             ref = np.stack([fit(f, frames.shape[2], frames.shape[1]) for f in ref])
         if len(ref) != len(frames):

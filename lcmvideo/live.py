@@ -247,9 +247,9 @@ class Recorder:
 
         import imageio_ffmpeg
 
-        from .video import _temp_beside
+        from .output.atomic import temp_beside
 
-        self.out, self.tmp, self.n = Path(out), _temp_beside(Path(out), ".mp4"), 0
+        self.out, self.tmp, self.n = Path(out), temp_beside(Path(out), ".mp4"), 0
         # ffmpeg starts in its own process group (imageio-ffmpeg), so Ctrl-C does not cut the file
         self.w = imageio_ffmpeg.write_frames(str(self.tmp), size, fps=Fraction(fps).limit_denominator(1000),
                                              codec="libx264", pix_fmt_out="yuv420p", macro_block_size=2,
@@ -270,141 +270,168 @@ class Recorder:
 
 
 def run(stylizer, source: Source, opts: Options, say=print, controls=None) -> Summary:
-    """Stylize the source until it ends, max_frames/duration is reached, q is pressed or Ctrl-C."""
-    import queue
+    """Stylize the source until it ends, max_frames/duration is reached, q is pressed or Ctrl-C.
+    `controls(frame)` gives the ControlNet conditioning of a frame, if any."""
+    return Loop(stylizer, source, opts, say, controls).run()
 
-    from .control import fit
 
-    if not opts.prompts:
-        raise usage("live: give at least one --prompt (or a schedule with prompts)")
-    window = False
-    if opts.window:
-        window, why = display_available()
-        if not window:
-            say(f"no window: {why}; recording to {opts.out or 'live.mp4'} and logging fps instead")
-            opts.out = opts.out or Path("live.mp4")
-    vcam = None
-    if opts.virtual_cam:
+class Loop:
+    """One live session: the capture and sink threads around the main thread's stylizing."""
+
+    def __init__(self, stylizer, source: Source, opts: Options, say=print, controls=None):
+        import queue
+
+        if not opts.prompts:
+            raise usage("live: give at least one --prompt (or a schedule with prompts)")
+        self.stylizer, self.source, self.opts, self.say, self.controls = stylizer, source, opts, say, controls
+        self.window = False
+        if opts.window:
+            self.window, why = display_available()
+            if not self.window:
+                say(f"no window: {why}; recording to {opts.out or 'live.mp4'} and logging fps instead")
+                opts.out = opts.out or Path("live.mp4")
+        self.vcam = _virtual_cam(opts, source) if opts.virtual_cam else None
+        self.rec = None  # opened once the output rate is known (after a few frames), unless --fps sets it
+        self.pending: list = []  # frames waiting for the recorder to open
+        self.slot, self.outq, self.stop = Slot(), queue.Queue(maxsize=64), threading.Event()
+        self.summary = Summary()
+        self.lock = threading.Lock()
+        self.prompt_i, self.paused, self.last_in, self.last_out = 0, False, None, None
+        self.rng = np.random.default_rng(opts.seed)
+        self.t0 = time.perf_counter()
+
+    def run(self) -> Summary:
+        threads = [threading.Thread(target=self._capture, daemon=True, name="capture"),
+                   threading.Thread(target=self._sink, daemon=True, name="sink")]
+        for t in threads:
+            t.start()
         try:
-            import pyvirtualcam
-        except ImportError:
-            raise usage("--virtual-cam needs pyvirtualcam: pip install 'lcmvideo[virtualcam]'") from None
-        try:
-            vcam = pyvirtualcam.Camera(opts.width, opts.height, opts.fps or source.fps or 30)
-        except Exception as e:  # noqa: BLE001 - pyvirtualcam raises RuntimeError without a loopback device
-            raise runtime(f"--virtual-cam: {e}") from None
-    rec = None  # opened once the output rate is known (after a few frames), unless --fps sets it
+            while not self._done():
+                item = self.slot.take()
+                if item is None:
+                    if self.slot.closed:
+                        break
+                    continue
+                self._process(item)
+                if self.window and self.last_out is not None and self._key(self._show()):
+                    break
+        except KeyboardInterrupt:
+            self.summary.interrupted = True
+        finally:
+            self._finish(threads)
+        return self.summary
 
-    t0 = time.perf_counter()
-    slot, outq, stop = Slot(), queue.Queue(maxsize=64), threading.Event()
-    summary = Summary()
-    lock = threading.Lock()
+    def _done(self) -> bool:
+        o, s = self.opts, self.summary
+        return bool((o.max_frames and s.frames_out >= o.max_frames)
+                    or (o.duration and time.perf_counter() - self.t0 >= o.duration))
 
-    def capture():
-        seq = 0
-        while not stop.is_set():
-            frame = source.read()
+    def _capture(self):
+        from .output.images import fit
+
+        seq, o = 0, self.opts
+        while not self.stop.is_set():
+            frame = self.source.read()
             if frame is None:
                 break
-            with lock:
-                summary.frames_in += 1
-            slot.put(Item(fit(frame, opts.width, opts.height, opts.fit), seq, time.perf_counter()))
+            with self.lock:
+                self.summary.frames_in += 1
+            self.slot.put(Item(fit(frame, o.width, o.height, o.fit), seq, time.perf_counter()))
             seq += 1
-        slot.close()
+        self.slot.close()
 
-    pending: list = []
+    def _process(self, item: Item):
+        """Stylize the newest frame, unless paused or (similarity filter) it barely changed."""
+        s, o = self.summary, self.opts
+        if self.paused:
+            s.dropped += 1
+        elif o.similarity is not None and self.last_in is not None and \
+                _skip(similarity(item.frame, self.last_in), o.similarity, self.rng):
+            s.skipped += 1
+        else:
+            s.processed.append((item.seq, self.slot.newest))
+            cs = [(c, 0) for c in self.controls(item.frame)] if self.controls else ()
+            self.last_out = self.stylizer(item.frame, o.prompts[self.prompt_i], o.strength, controls=cs).image
+            self.last_in = item.frame
+            s.frames_out += 1
+            s.latencies_ms.append(1000 * (time.perf_counter() - item.t))
+            self.outq.put(self.last_out)
 
-    def record(frame):
-        nonlocal rec
-        if not opts.out:
+    def _record(self, frame):
+        o = self.opts
+        if not o.out:
             return
-        if rec is None:
-            pending.append(frame)
-            if frame is not None and len(pending) < 8 and not opts.fps:
+        if self.rec is None:
+            self.pending.append(frame)
+            if frame is not None and len(self.pending) < 8 and not o.fps:
                 return
-            rate = opts.fps or max(1.0, round(summary.frames_out / max(1e-3, time.perf_counter() - t0), 2))
-            rec = Recorder(opts.out, rate, (opts.width, opts.height))
-            for f in pending:
+            rate = o.fps or max(1.0, round(self.summary.frames_out / max(1e-3, time.perf_counter() - self.t0), 2))
+            self.rec = Recorder(o.out, rate, (o.width, o.height))
+            for f in self.pending:
                 if f is not None:
-                    rec.write(f)
+                    self.rec.write(f)
         elif frame is not None:
-            rec.write(frame)
+            self.rec.write(frame)
 
-    def sink():
+    def _sink(self):
         while True:
-            item = outq.get()
-            record(item)
+            item = self.outq.get()
+            self._record(item)
             if item is None:
                 return
-            if vcam:
-                vcam.send(item)
+            if self.vcam:
+                self.vcam.send(item)
 
-    threads = [threading.Thread(target=capture, daemon=True, name="capture"),
-               threading.Thread(target=sink, daemon=True, name="sink")]
-    for t in threads:
-        t.start()
-    prompt_i, paused, last_in, last_out = 0, False, None, None
-    rng = np.random.default_rng(opts.seed)
-    try:
-        while True:
-            if opts.max_frames and summary.frames_out >= opts.max_frames:
-                break
-            if opts.duration and time.perf_counter() - t0 >= opts.duration:
-                break
-            item = slot.take()
-            if item is None:
-                if slot.closed:
-                    break
-                continue
-            if paused:
-                summary.dropped += 1
-            elif opts.similarity is not None and last_in is not None and \
-                    _skip(similarity(item.frame, last_in), opts.similarity, rng):
-                summary.skipped += 1
-            else:
-                summary.processed.append((item.seq, slot.newest))
-                cs = [(c, 0) for c in controls(item.frame)] if controls else ()
-                last_out = stylizer(item.frame, opts.prompts[prompt_i], opts.strength, controls=cs).image
-                last_in = item.frame
-                summary.frames_out += 1
-                summary.latencies_ms.append(1000 * (time.perf_counter() - item.t))
-                outq.put(last_out)
-            if window and last_out is not None:
-                key = _show(last_out, summary, opts.prompts[prompt_i], time.perf_counter() - t0)
-                if key in (ord("q"), 27):
-                    break
-                if key == ord(" "):
-                    paused = not paused
-                elif key == ord("s"):
-                    from PIL import Image
+    def _show(self) -> int:
+        return _show(self.last_out, self.summary, self.opts.prompts[self.prompt_i], time.perf_counter() - self.t0)
 
-                    snap = Path(f"live-{time.strftime('%Y%m%d-%H%M%S')}.png")
-                    Image.fromarray(last_out).save(snap)
-                    say(f"snapshot {snap}")
-                elif key == ord("p"):
-                    prompt_i = (prompt_i + 1) % len(opts.prompts)
-                    say(f"prompt: {opts.prompts[prompt_i]}")
-    except KeyboardInterrupt:
-        summary.interrupted = True
-    finally:
-        summary.seconds = time.perf_counter() - t0
-        stop.set()
-        outq.put(None)
+    def _key(self, key: int) -> bool:
+        """React to a key in the window; True to quit."""
+        if key in (ord("q"), 27):
+            return True
+        if key == ord(" "):
+            self.paused = not self.paused
+        elif key == ord("s"):
+            from PIL import Image
+
+            snap = Path(f"live-{time.strftime('%Y%m%d-%H%M%S')}.png")
+            Image.fromarray(self.last_out).save(snap)
+            self.say(f"snapshot {snap}")
+        elif key == ord("p"):
+            self.prompt_i = (self.prompt_i + 1) % len(self.opts.prompts)
+            self.say(f"prompt: {self.opts.prompts[self.prompt_i]}")
+        return False
+
+    def _finish(self, threads):
+        s = self.summary
+        s.seconds = time.perf_counter() - self.t0
+        self.stop.set()
+        self.outq.put(None)
         threads[1].join()
         threads[0].join(timeout=2.0)
-        source.close()
-        with lock:  # replaced in the slot, or still in it at the stop
-            summary.dropped += slot.dropped + (1 if slot.item is not None else 0)
-        if rec:
-            summary.recording = rec.close()
-        if vcam:
-            vcam.close()
-        if window:
+        self.source.close()
+        with self.lock:  # replaced in the slot, or still in it at the stop
+            s.dropped += self.slot.dropped + (1 if self.slot.item is not None else 0)
+        if self.rec:
+            s.recording = self.rec.close()
+        if self.vcam:
+            self.vcam.close()
+        if self.window:
             import cv2
 
             cv2.destroyAllWindows()
-        summary.encodes = getattr(stylizer, "encodes", 0)
-    return summary
+        s.encodes = getattr(self.stylizer, "encodes", 0)
+
+
+def _virtual_cam(opts: Options, source: Source):
+    try:
+        import pyvirtualcam
+    except ImportError:
+        raise usage("--virtual-cam needs pyvirtualcam: pip install 'lcmvideo[virtualcam]'") from None
+    try:
+        return pyvirtualcam.Camera(opts.width, opts.height, opts.fps or source.fps or 30)
+    except Exception as e:  # noqa: BLE001 - pyvirtualcam raises RuntimeError without a loopback device
+        raise runtime(f"--virtual-cam: {e}") from None
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:

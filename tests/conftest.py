@@ -17,9 +17,9 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_dir():
-    from lcmvideo import tiny
+    from lcmvideo.models import embedded
 
-    return tiny.ensure()
+    return embedded.ensure()
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 import lcmvideo
-from lcmvideo import app, video
+from lcmvideo import app
 from lcmvideo.cli import cli
 from lcmvideo.errors import LcmvideoError
+from lcmvideo.output import video
 
 
 def test_session_loads_once_and_matches_the_cli(tmp_path):
@@ -173,11 +174,11 @@ def test_the_api_example_runs(tmp_path):
 def test_changing_the_motion_module_does_not_reread_the_base(tiny_dir, tmp_path, monkeypatch):
     import shutil
 
-    from lcmvideo import models
+    from lcmvideo.models import loader
 
     reads = []
-    real = models._load_base
-    monkeypatch.setattr(models, "_load_base", lambda ref, dtype: (reads.append(ref.path), real(ref, dtype))[1])
+    real = loader._load_base
+    monkeypatch.setattr(loader, "_load_base", lambda ref, dtype: (reads.append(ref.path), real(ref, dtype))[1])
     shutil.copytree(tiny_dir / "motion_adapter", tmp_path / "mm")
     base = dict(model=str(tiny_dir), lcm_lora=str(tiny_dir / "lcm_lora"))
     session = lcmvideo.Session(**base, motion=str(tiny_dir / "motion_adapter"))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lcmvideo import video
 from lcmvideo.cli import cli
+from lcmvideo.output import video
 
 
 def run(*args):
@@ -46,9 +46,9 @@ def test_mp4_has_requested_frames_size_and_fps(clip):
     assert fps == pytest.approx(6.0)
     side = json.loads(video.sidecar_path(clip).read_text())
     assert side["output"] == {"frames": 12, "width": 96, "height": 64, "fps": 6.0, "seed": 7}
-    from lcmvideo import tiny
+    from lcmvideo.models import embedded
 
-    assert side["models"]["embedded"] == tiny.version()
+    assert side["models"]["embedded"] == embedded.version()
     assert side["models"]["base"]["sha256"] and len(side["models"]["base"]["sha256"]) == 12
     assert {"torch", "diffusers", "lcmvideo"} <= set(side["versions"])
     assert video.read_metadata(clip)["settings"] == side["settings"]
@@ -123,8 +123,8 @@ def only(path):
     (["render", "-o", "{d}/o.mp4"], 2, "give a SCHEDULE_FILE or --prompt"),
 ])
 def test_errors_one_line_exit_code_no_output(tmp_path, args, code, message):
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     d = tmp_path / "w"
     d.mkdir()
@@ -143,7 +143,7 @@ def test_errors_one_line_exit_code_no_output(tmp_path, args, code, message):
 
 
 def test_interrupt_leaves_previous_output_intact(tmp_path, monkeypatch, clip):
-    from lcmvideo import render
+    from lcmvideo.pipeline import text2video
 
     out = tmp_path / "keep.mp4"
     out.write_bytes(clip.read_bytes())
@@ -152,7 +152,7 @@ def test_interrupt_leaves_previous_output_intact(tmp_path, monkeypatch, clip):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(render, "decode", interrupted)
+    monkeypatch.setattr(text2video, "decode", interrupted)
     r = CliRunner().invoke(cli, ["render", "--prompt", "x", "--frames", "4", "--steps", "1", "-o", str(out)])
     assert r.exit_code == 130 and "interrupted" in r.stderr
     assert out.read_bytes() == before and only(tmp_path) == ["keep.mp4"]

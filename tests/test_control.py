@@ -2,18 +2,20 @@
 
 import json
 
+import layouts
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import render_settings
 from PIL import Image
 
-import layouts
-from conftest import render_settings
-from lcmvideo import control, models, pose, render, schedule
+from lcmvideo import models, schedule
 from lcmvideo.cli import cli
-from lcmvideo.control import ControlSpec
 from lcmvideo.errors import LcmvideoError
+from lcmvideo.output import images
+from lcmvideo.pipeline import control, pose, text2video
+from lcmvideo.schedule import ControlSpec
 
 
 def square(x, y, size=64, side=16):
@@ -50,10 +52,10 @@ class NetSpy:
 
 
 def test_conditioning_changes_output_and_scale_zero_does_not(tiny_models, poses):
-    plain = render.render(tiny_models, with_control())
-    on = render.render(tiny_models, with_control(images=str(poses / "0000.png")))
-    zero = render.render(tiny_models, with_control(images=str(poses / "0000.png"), scale=0.0))
-    moved = render.render(tiny_models, with_control(images=str(poses / "0004.png")))
+    plain = text2video.render(tiny_models, with_control())
+    on = text2video.render(tiny_models, with_control(images=str(poses / "0000.png")))
+    zero = text2video.render(tiny_models, with_control(images=str(poses / "0000.png"), scale=0.0))
+    moved = text2video.render(tiny_models, with_control(images=str(poses / "0004.png")))
     assert np.array_equal(zero, plain)
     assert np.abs(on.astype(int) - plain).mean() > 1
     # where the condition is matters (weakly through an untrained random ControlNet, but measurably)
@@ -65,7 +67,7 @@ def test_controlnet_input_per_frame_and_sparse_rules(tiny_models, poses):
     net = tiny_models.controlnet(models.resolve_controlnet(None, tiny_models.spec, "x"))
     spy = NetSpy(net)
     try:
-        render.render(tiny_models, with_control(steps=1, images=str(poses), missing="nearest"))
+        text2video.render(tiny_models, with_control(steps=1, images=str(poses), missing="nearest"))
     finally:
         spy.close()
     cond = spy.inputs[0]  # (8, 3, 64, 64) in [0, 1], one per frame
@@ -81,16 +83,16 @@ def test_controlnet_input_per_frame_and_sparse_rules(tiny_models, poses):
 
 def test_frames_without_image_get_no_control(tiny_models, poses):
     s = with_control(images=str(poses), missing="none")
-    rows = schedule.plan(schedule.finish(render.resolve_settings(s, tiny_models)))
-    c = render.prepare_controls(tiny_models, s, rows)[0]
+    s = text2video.resolve_settings(s, tiny_models)
+    c = control.prepare_controls(tiny_models, s, schedule.plan(s))[0]
     assert c.scale.tolist() == [1, 0, 0, 0, 1, 0, 0, 0]
 
 
 def test_controlnet_scale_travels_per_frame(tiny_models, poses):
     s = with_control(frames=5, images=str(poses / "0000.png"), scale=0.5)
     s.keyframes = {"0": {"prompt": "a", "controlnet_scale": 0.0}, "4": {"prompt": "a", "controlnet_scale": 1.0}}
-    s = render.resolve_settings(schedule.finish(s), tiny_models)
-    c = render.prepare_controls(tiny_models, s, schedule.plan(s))[0]
+    s = text2video.resolve_settings(schedule.finish(s), tiny_models)
+    c = control.prepare_controls(tiny_models, s, schedule.plan(s))[0]
     assert c.scale.tolist() == pytest.approx([0.0, 0.125, 0.25, 0.375, 0.5])
 
 
@@ -101,7 +103,7 @@ def test_multi_controlnet_scales_add_up(tiny_models, poses):
     two.controlnet = [ControlSpec(images=img, scale=0.5), ControlSpec(images=img, scale=0.5)]
     off = render_settings(frames=8, steps=2)
     off.controlnet = [ControlSpec(images=img, scale=1.0), ControlSpec(images=str(poses / "0004.png"), scale=0.0)]
-    a, b, c = (render.render(tiny_models, s) for s in (one, two, off))
+    a, b, c = (text2video.render(tiny_models, s) for s in (one, two, off))
     assert np.abs(a.astype(int) - b).max() <= 1  # 0.5 r + 0.5 r == r
     assert np.abs(a.astype(int) - c).max() <= 1  # a net at scale 0 adds nothing
 
@@ -110,7 +112,7 @@ def test_start_end_limit_the_steps(tiny_models, poses):
     net = tiny_models.controlnet(models.resolve_controlnet(None, tiny_models.spec, "x"))
     spy = NetSpy(net)
     try:
-        render.render(tiny_models, with_control(steps=4, images=str(poses / "0000.png"), start=0.25, end=0.75))
+        text2video.render(tiny_models, with_control(steps=4, images=str(poses / "0000.png"), start=0.25, end=0.75))
     finally:
         spy.close()
     assert len(spy.inputs) == 2  # steps 1 and 2 of 0-3
@@ -119,9 +121,9 @@ def test_start_end_limit_the_steps(tiny_models, poses):
 def test_fit_rules():
     wide = np.zeros((32, 64, 3), np.uint8)
     wide[:, :32] = 255  # left half white
-    crop = control.fit(wide, 16, 16, "crop")
-    pad = control.fit(wide, 16, 16, "pad")
-    stretch = control.fit(wide, 16, 16, "stretch")
+    crop = images.fit(wide, 16, 16, "crop")
+    pad = images.fit(wide, 16, 16, "pad")
+    stretch = images.fit(wide, 16, 16, "stretch")
     assert crop.shape == pad.shape == stretch.shape == (16, 16, 3)
     assert crop[:, :6].min() == 255 and crop[:, 10:].max() == 0  # centre crop: half white, half black
     assert pad[:3].max() == 0 and pad[-3:].max() == 0 and pad[6:10, :6].min() == 255  # bars above and below
@@ -129,7 +131,7 @@ def test_fit_rules():
 
 
 def test_video_source_count_rules(tmp_path, tiny_models):
-    from lcmvideo import video
+    from lcmvideo.output import video
 
     clip = np.stack([square(4 * i, 4 * i) for i in range(6)])
     path = video.write(clip, tmp_path / "c.mp4", 8)
@@ -170,12 +172,12 @@ def test_differently_sized_images_are_fitted(tmp_path, tiny_models):
 
 def test_single_file_controlnet_layouts(tiny_dir, tiny_models, poses, tmp_path):
     img = str(poses / "0000.png")
-    ref_frames = render.render(tiny_models, with_control(images=img))
+    ref_frames = text2video.render(tiny_models, with_control(images=img))
     for name in ("control_tiny_openpose.safetensors", "control_tiny_openpose.pth"):
         path = layouts.write_controlnet_ldm(tiny_dir / "controlnet", tmp_path / name)
         spec = models.resolve_controlnet(str(path), tiny_models.spec, "m")
         assert spec.sniffed.kind == "controlnet" and spec.sniffed.layout == "ldm"
-        frames = render.render(tiny_models, with_control(images=img, model=str(path)))
+        frames = text2video.render(tiny_models, with_control(images=img, model=str(path)))
         assert np.abs(frames.astype(int) - ref_frames).max() <= 1
 
 
@@ -276,7 +278,7 @@ def test_openpose_json_frames_reach_the_controlnet(tiny_models, tmp_path):
     net = tiny_models.controlnet(models.resolve_controlnet(None, tiny_models.spec, "x"))
     spy = NetSpy(net)
     try:
-        render.render(tiny_models, with_control(frames=4, steps=1, openpose=str(d)))
+        text2video.render(tiny_models, with_control(frames=4, steps=1, openpose=str(d)))
     finally:
         spy.close()
     cond = spy.inputs[0]
@@ -323,7 +325,7 @@ def test_mediapipe_adapter_and_missing_extra(tmp_path, monkeypatch):
 
 
 def _clip(tmp_path):
-    from lcmvideo import video
+    from lcmvideo.output import video
 
     return video.write(np.zeros((4, 32, 32, 3), np.uint8), tmp_path / "person.mp4", 8)
 

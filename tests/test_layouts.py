@@ -5,9 +5,16 @@ diffusers.loaders.single_file_utils, lora_state_dict / load_lora_weights, huggin
 snapshot_download) and must reproduce the tiny family's tensors exactly."""
 
 import huggingface_hub
+import layouts
 import pytest
 import torch
-from diffusers import AutoencoderKL, ControlNetModel, MotionAdapter, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    MotionAdapter,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from diffusers.loaders.single_file_utils import (
     convert_animatediff_checkpoint_to_diffusers,
     convert_ldm_clip_checkpoint,
@@ -16,8 +23,6 @@ from diffusers.loaders.single_file_utils import (
 )
 from safetensors.torch import load_file
 from transformers import CLIPTextModel
-
-import layouts
 
 LOCAL = dict(local_files_only=True)
 

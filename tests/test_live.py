@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lcmvideo import live, video
+from lcmvideo import live
 from lcmvideo.cli import cli
+from lcmvideo.output import video
 
 
 @pytest.fixture(autouse=True)
@@ -89,7 +90,7 @@ def test_similarity_filter_skips_still_frames():
 
 
 def test_prompt_change_encodes_once(tiny_models):
-    from lcmvideo import img2img
+    from lcmvideo.pipeline import img2img
 
     sty = img2img.Stylizer(tiny_models, steps=1, seed=0)
     frame = np.zeros((64, 64, 3), np.uint8)

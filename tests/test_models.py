@@ -3,28 +3,29 @@
 import json
 import shutil
 
+import layouts
 import numpy as np
 import pytest
 import torch
+from conftest import render_settings
 from safetensors.torch import save_file
 
-from conftest import render_settings
-from lcmvideo import models, render
+from lcmvideo import models
 from lcmvideo.errors import LcmvideoError
+from lcmvideo.models import loader
+from lcmvideo.pipeline import text2video
 from lcmvideo.schedule import LoraRef, ModelPaths
-
-import layouts
 
 
 def frames_for(mp: ModelPaths, **kw):
     loaded = models.load(models.resolve(mp))
-    return render.render(loaded, render_settings(**kw))
+    return text2video.render(loaded, render_settings(**kw))
 
 
 @pytest.fixture(scope="session")
 def reference(tiny_models):
     """The embedded default's frames: what every equivalent layout must reproduce."""
-    return render.render(tiny_models, render_settings())
+    return text2video.render(tiny_models, render_settings())
 
 
 @pytest.fixture(scope="session")
@@ -52,9 +53,9 @@ def same(a, b, tol=0):
 
 
 def test_embedded_default_is_deterministic_and_prompt_dependent(tiny_models, reference):
-    again = render.render(tiny_models, render_settings())
-    other_seed = render.render(tiny_models, render_settings(seed=2))
-    other_prompt = render.render(tiny_models, render_settings(prompt="a blue square"))
+    again = text2video.render(tiny_models, render_settings())
+    other_seed = text2video.render(tiny_models, render_settings(seed=2))
+    other_prompt = text2video.render(tiny_models, render_settings(prompt="a blue square"))
     assert reference.shape == (8, 64, 64, 3) and reference.dtype == np.uint8
     assert same(again, reference)
     assert not same(other_seed, reference, tol=2)
@@ -68,7 +69,7 @@ def test_diffusers_folder_copy(tiny_dir, tmp_path, reference):
     assert (spec.base.sniffed.layout, spec.motion.sniffed.layout, spec.lcm_lora.sniffed.layout) == (
         "diffusers", "diffusers", "peft")
     assert not spec.embedded
-    assert same(render.render(models.load(spec), render_settings()), reference)
+    assert same(text2video.render(models.load(spec), render_settings()), reference)
 
 
 def test_folder_scheduler_says_how_the_model_was_trained(tiny_dir, tmp_path, reference):
@@ -86,7 +87,7 @@ def test_folder_scheduler_says_how_the_model_was_trained(tiny_dir, tmp_path, ref
     assert type(sched).__name__ == "LCMScheduler"
     assert (sched.config.prediction_type, sched.config.rescale_betas_zero_snr) == ("v_prediction", True)
     assert sched.alphas_cumprod[-1] < 1e-6 and not sched.config.clip_sample  # zero SNR; LCM's own sampling keys
-    assert not same(render.render(m, render_settings()), reference, tol=2)
+    assert not same(text2video.render(m, render_settings()), reference, tol=2)
 
 
 def test_hf_cache_id(tiny_dir, tmp_path, monkeypatch, reference):
@@ -97,7 +98,7 @@ def test_hf_cache_id(tiny_dir, tmp_path, monkeypatch, reference):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
     spec = models.resolve(tiny_paths(tiny_dir, base="someone/tiny-sd15"))
     assert "snapshots" in str(spec.base.path)
-    assert same(render.render(models.load(spec), render_settings()), reference)
+    assert same(text2video.render(models.load(spec), render_settings()), reference)
     with pytest.raises(LcmvideoError, match="not a file, a folder, a model in the Hugging Face cache"):
         models.resolve(tiny_paths(tiny_dir, base="someone/not-there"))
 
@@ -106,14 +107,14 @@ def test_hf_cache_id(tiny_dir, tmp_path, monkeypatch, reference):
 def test_single_file_ldm_checkpoint(tiny_dir, files, key, reference):
     spec = models.resolve(tiny_paths(tiny_dir, base=str(files[key])))
     assert spec.base.sniffed.layout == "ldm" and spec.base.sniffed.kind == "base"
-    assert same(render.render(models.load(spec), render_settings()), reference)
+    assert same(text2video.render(models.load(spec), render_settings()), reference)
 
 
 @pytest.mark.parametrize("key", ["mm_ckpt", "mm_st"])
 def test_original_motion_module(tiny_dir, files, key, reference):
     spec = models.resolve(tiny_paths(tiny_dir, motion=str(files[key])))
     assert spec.motion.sniffed.layout == "animatediff-original"
-    assert same(render.render(models.load(spec), render_settings()), reference)
+    assert same(text2video.render(models.load(spec), render_settings()), reference)
 
 
 @pytest.mark.parametrize("version, mid, window", [("v1", False, 24), ("v2", True, 32), ("v3", False, 32)])
@@ -125,7 +126,7 @@ def test_motion_generations_read_their_own_layout(tmp_path, version, mid, window
                         use_motion_mid_block=mid, motion_max_seq_length=window, motion_norm_num_groups=32)
     path = layouts.write_animatediff_original(src, tmp_path / f"mm_{version}.safetensors")
     ref = models.ModelRef("motion", str(path), "flag", models.sniff(path))
-    loaded = models._load_motion(ref, torch.float32)
+    loaded = loader._load_motion(ref, torch.float32)
     assert loaded.config.use_motion_mid_block == mid
     assert loaded.config.motion_max_seq_length == window
     want = src.state_dict()
@@ -137,14 +138,14 @@ def test_motion_generations_read_their_own_layout(tmp_path, version, mid, window
 def test_kohya_lora_matches_peft(tiny_dir, files, reference):
     spec = models.resolve(tiny_paths(tiny_dir, lcm_lora=str(files["kohya"])))
     assert spec.lcm_lora.sniffed.layout == "kohya"
-    assert same(render.render(models.load(spec), render_settings()), reference, tol=1)
+    assert same(text2video.render(models.load(spec), render_settings()), reference, tol=1)
 
 
 def test_unfused_matches_fused(tiny_dir, reference):
     spec = models.resolve(tiny_paths(tiny_dir, fuse=False))
     loaded = models.load(spec)
     assert loaded.pipe.get_active_adapters() == ["lcm"]  # really kept as an adapter
-    assert same(render.render(loaded, render_settings()), reference, tol=2)
+    assert same(text2video.render(loaded, render_settings()), reference, tol=2)
 
 
 def test_lora_scales_reach_the_weights(tiny_dir, files, reference):
@@ -275,7 +276,7 @@ def test_models_dir_discovery(tmp_path, files, tiny_dir, reference):
     assert spec.motion.path.name == "mm_sd_v15_v2.ckpt" and spec.motion.source.startswith("found in")
     assert spec.lcm_lora.path.name == "lcm-lora-sdv1-5.safetensors"
     assert spec.loras[0].path.name == "watercolor.safetensors"
-    assert same(render.render(models.load(spec), render_settings()), reference, tol=1)
+    assert same(text2video.render(models.load(spec), render_settings()), reference, tol=1)
 
 
 def test_precedence_flag_schedule_env(tiny_dir, files):
@@ -302,8 +303,8 @@ def test_device_and_dtype_choice():
 
 def test_single_file_config_choice():
     sd15 = {"model.diffusion_model.input_blocks.0.0.weight": torch.empty(320, 4, 3, 3)}
-    assert models._ldm_config_dir(sd15, "x") == models.SD15_CONFIG
-    cfg = json.loads((models.SD15_CONFIG / "unet" / "config.json").read_text())
+    assert loader._ldm_config_dir(sd15, "x") == loader.SD15_CONFIG
+    cfg = json.loads((loader.SD15_CONFIG / "unet" / "config.json").read_text())
     assert cfg["cross_attention_dim"] == 768 and cfg["block_out_channels"] == [320, 640, 1280, 1280]
     with pytest.raises(LcmvideoError, match="only the SD1.5 architecture"):
-        models._ldm_config_dir({"model.diffusion_model.input_blocks.0.0.weight": torch.empty(48, 4, 3, 3)}, "x")
+        loader._ldm_config_dir({"model.diffusion_model.input_blocks.0.0.weight": torch.empty(48, 4, 3, 3)}, "x")

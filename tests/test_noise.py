@@ -5,15 +5,16 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import render_settings
-from lcmvideo import render, schedule
+
+from lcmvideo import schedule
 from lcmvideo.errors import LcmvideoError
+from lcmvideo.pipeline import denoise, text2video
 
 
 def test_frame_noise_shares_the_asked_variance():
     shape = (1, 4, 16, 32, 32)
-    x = render.frame_noise(shape, 0.6, torch.Generator().manual_seed(0), "cpu", torch.float32)
+    x = denoise.frame_noise(shape, 0.6, torch.Generator().manual_seed(0), "cpu", torch.float32)
     flat = x[0].permute(1, 0, 2, 3).reshape(16, -1)
     corr = np.corrcoef(flat.numpy())[np.triu_indices(16, 1)]
     assert abs(corr.mean() - 0.6) < 0.05 and abs(flat.var().item() - 1.0) < 0.05
@@ -21,7 +22,7 @@ def test_frame_noise_shares_the_asked_variance():
     from diffusers.utils.torch_utils import randn_tensor
 
     own = randn_tensor(shape, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
-    assert torch.equal(render.frame_noise(shape, 0.0, torch.Generator().manual_seed(0), "cpu", torch.float32), own)
+    assert torch.equal(denoise.frame_noise(shape, 0.0, torch.Generator().manual_seed(0), "cpu", torch.float32), own)
 
 
 def steadiness(frames):
@@ -29,28 +30,28 @@ def steadiness(frames):
 
 
 def test_shared_noise_steadies_the_frames(tiny_models):
-    loose = render.render(tiny_models, render_settings(frames=8, steps=4, shared_noise=0.0))
-    steady = render.render(tiny_models, render_settings(frames=8, steps=4, shared_noise=0.95))
-    again = render.render(tiny_models, render_settings(frames=8, steps=4, shared_noise=0.95))
+    loose = text2video.render(tiny_models, render_settings(frames=8, steps=4, shared_noise=0.0))
+    steady = text2video.render(tiny_models, render_settings(frames=8, steps=4, shared_noise=0.95))
+    again = text2video.render(tiny_models, render_settings(frames=8, steps=4, shared_noise=0.95))
     assert np.array_equal(steady, again)  # still deterministic under the seed
     assert steadiness(steady) < 0.5 * steadiness(loose), (steadiness(steady), steadiness(loose))
 
 
 def test_unset_shared_noise_takes_the_models_default(tiny_models):
-    s = render.resolve_settings(render_settings(), tiny_models)
+    s = text2video.resolve_settings(render_settings(), tiny_models)
     assert s.shared_noise == tiny_models.shared_noise
     assert 0.0 <= s.shared_noise <= 1.0
 
 
 def test_controlnet_clips_draw_independent_noise_unless_asked(tiny_models, monkeypatch):
-    from lcmvideo.control import ControlSpec
+    from lcmvideo.schedule import ControlSpec
 
     monkeypatch.setattr(tiny_models, "shared_noise", 0.5)
-    assert render.resolve_settings(render_settings(), tiny_models).shared_noise == 0.5
+    assert text2video.resolve_settings(render_settings(), tiny_models).shared_noise == 0.5
     controlled = render_settings(controlnet=[ControlSpec(images="maps")])
-    assert render.resolve_settings(controlled, tiny_models).shared_noise == 0.0
+    assert text2video.resolve_settings(controlled, tiny_models).shared_noise == 0.0
     asked = render_settings(controlnet=[ControlSpec(images="maps")], shared_noise=0.3)
-    assert render.resolve_settings(asked, tiny_models).shared_noise == 0.3
+    assert text2video.resolve_settings(asked, tiny_models).shared_noise == 0.3
 
 
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "lots"])

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from lcmvideo import pose
 from lcmvideo.errors import LcmvideoError
+from lcmvideo.pipeline import pose
 
 
 def person(**points):
@@ -342,5 +342,5 @@ def test_default_estimator_is_mediapipe(monkeypatch, tmp_path):
 
 
 def test_no_torch_import():
-    code = "import sys, lcmvideo.pose; assert not {'torch', 'diffusers'} & set(sys.modules), sys.modules.keys()"
+    code = "import sys, lcmvideo.pipeline.pose; assert not {'torch', 'diffusers'} & set(sys.modules), sys.modules.keys()"
     subprocess.run([sys.executable, "-c", code], check=True)

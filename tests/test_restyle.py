@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lcmvideo import control, flow, img2img, restyle, video
+from lcmvideo import schedule
 from lcmvideo.cli import cli
 from lcmvideo.errors import LcmvideoError
+from lcmvideo.output import flow, video
+from lcmvideo.pipeline import control, img2img, restyle
 from lcmvideo.shapes import analyse, world
 
 
@@ -153,7 +155,7 @@ def test_resume_after_interrupt_equals_uninterrupted(session, src_png, tmp_path,
     if opts.mode == "frames":
         target, name = img2img.Stylizer, "__call__"
     else:
-        from lcmvideo import render as target
+        from lcmvideo.pipeline import text2video as target
 
         name = "denoise"
     real = getattr(target, name)
@@ -304,7 +306,9 @@ def test_flicker_command(tmp_path):
 
 def test_openpose_source_conditions_on_poses_of_the_input(session, src_png, tmp_path, monkeypatch):
     """`--controlnet MODEL openpose`: every selected input frame's pose is drawn and conditions the net."""
-    from lcmvideo import control, pose
+    from lcmvideo import schedule
+    from lcmvideo.pipeline import pose
+    from lcmvideo.schedule import ControlSpec
 
     seen = []
 
@@ -321,7 +325,7 @@ def test_openpose_source_conditions_on_poses_of_the_input(session, src_png, tmp_
     monkeypatch.setattr(pose, "MediaPipePose", FakePose)
     plain = video.read(run(session, src_png, tmp_path / "plain"))[0]
     posed = video.read(run(session, src_png, tmp_path / "posed",
-                           controlnet=(control.ControlSpec(model=None, pose_from=control.INPUT),)))[0]
+                           controlnet=(ControlSpec(model=None, pose_from=schedule.INPUT),)))[0]
     assert len(seen) == 8 and seen[0] == (64, 64, 3)
     assert np.abs(posed.astype(int) - plain).mean() > 1.0
 
@@ -385,7 +389,7 @@ def test_canny_source_of_the_input_conditions_the_net(session, src_png, tmp_path
                                  "--seed", "1", "--controlnet", "embedded", "canny", "-o", str(tmp_path / "c.mp4")])
     assert r.exit_code == 0, r.output
     meta = json.loads((tmp_path / "c.mp4.json").read_text())
-    assert meta["settings"]["controlnet"][0]["canny_from"] == control.INPUT
+    assert meta["settings"]["controlnet"][0]["canny_from"] == schedule.INPUT
     plain = run(session, src_png, tmp_path / "p.mp4", steps=2)
     assert not np.array_equal(video.read(tmp_path / "c.mp4")[0], video.read(plain)[0])
     sched = tmp_path / "s.yaml"

@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from lcmvideo import tiny, video
-from lcmvideo.shapes import analyse, quality, world
+from lcmvideo.models import embedded
+from lcmvideo.output import video
+from lcmvideo.shapes import analyse, world
+from training.shapes import quality
 
-trained = pytest.mark.skipif(not tiny.has_shipped(), reason="the shapes weights are not shipped in this checkout")
+trained = pytest.mark.skipif(not embedded.has_shipped(), reason="the shapes weights are not shipped in this checkout")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -124,7 +126,7 @@ def _maps(folder, points):
 
 @trained
 def test_controlnet_map_places_the_shape(session, tmp_path):
-    from lcmvideo.control import ControlSpec
+    from lcmvideo.schedule import ControlSpec
 
     fixed = [(20, 44)] * 16
     moving = [(12 + 2.5 * i, 30) for i in range(16)]
@@ -176,7 +178,7 @@ def test_lcm_four_steps_agree_with_the_fifty_step_teacher(lcm_and_teacher):
 @pytest.fixture(scope="module")
 def restyled(session, tmp_path_factory):
     """A red circle moving right restyled as 'a blue circle' at strength 0.6: (reads, the source's reads)."""
-    from lcmvideo import restyle
+    from lcmvideo.pipeline import restyle
 
     tmp = tmp_path_factory.mktemp("restyle")
     src = world.clip(world.Scene("circle", "red", "black", 16, 32, 9, "moving right", 2.0), 16)
@@ -204,13 +206,15 @@ def test_restyle_keeps_the_track(restyled):
 def test_restyle_held_by_the_inputs_position_map_keeps_the_track(session, tmp_path, mode):
     """What real restyling does to keep structure: a ControlNet on a map of each input frame
     (`--controlnet embedded position`). Same clip, prompt, strength and seed as the plain case above."""
-    from lcmvideo import control, restyle
+    from lcmvideo import schedule
+    from lcmvideo.pipeline import restyle
+    from lcmvideo.schedule import ControlSpec
 
     src = world.clip(world.Scene("circle", "red", "black", 16, 32, 9, "moving right", 2.0), 16)
     video.write(src, tmp_path / "src", 8.0, "png")
     out, _, _ = session.restyle(tmp_path / "src", prompt="a blue circle", strength=0.6, seed=2, steps=4,
                                 options=restyle.Options(report=False, mode=mode), output=tmp_path / "o.mp4",
-                                controlnet=(control.ControlSpec(position_from=control.INPUT),))
+                                controlnet=(ControlSpec(position_from=schedule.INPUT),))
     reads, truth = analyse.read_clip(out), analyse.read_clip(src)
     assert np.mean([r.colour == "blue" for r in reads]) >= 0.9
     assert max(np.hypot(a.x - b.x, a.y - b.y) for a, b in zip(reads, truth)) <= quality.TOLERANCE_PX
@@ -219,7 +223,8 @@ def test_restyle_held_by_the_inputs_position_map_keeps_the_track(session, tmp_pa
 @trained
 def test_live_position_map_places_the_shape(session):
     """`live --controlnet embedded --control-map position`: each stylized frame keeps its input's place."""
-    from lcmvideo import app, img2img
+    from lcmvideo import app
+    from lcmvideo.pipeline import img2img
 
     models = session.models(session.settings(prompt="x"))
     controls = app.live_controls(models, "embedded", "position_from", 64, 64)
@@ -267,7 +272,7 @@ def test_training_is_deterministic_and_resumes(tmp_path, monkeypatch):
     """A stage killed after a checkpoint and resumed ends with the same weights as an uninterrupted run."""
     from safetensors.torch import load_file
 
-    from lcmvideo.shapes import train
+    from training.shapes import train
 
     monkeypatch.setitem(train.STEPS, "vae", 4)
     monkeypatch.setattr(train, "CHECKPOINT_EVERY", 1)

@@ -1,4 +1,4 @@
-from lcmvideo.tokenizer import VOCAB_SIZE, load_tokenizer
+from lcmvideo.models.tokenizer import VOCAB_SIZE, load_tokenizer
 
 
 def test_real_clip_vocabulary():

@@ -5,12 +5,14 @@ import math
 
 import pytest
 import torch
+from conftest import render_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import render_settings
-from lcmvideo import prompts, render, schedule
+from lcmvideo import schedule
 from lcmvideo.errors import LcmvideoError
+from lcmvideo.pipeline import text as prompts
+from lcmvideo.pipeline import text2video
 
 
 def plan_of(text, **kw):
@@ -169,7 +171,7 @@ def test_keyframe_prompts_reach_their_frames(tiny_models):
     s.keyframes = {"0": "a red circle", "8": "a blue square"}
     text_spy, unet_spy = Spy(pipe.text_encoder), Spy(pipe.unet)
     try:
-        render.render(tiny_models, s)
+        text2video.render(tiny_models, s)
     finally:
         text_spy.close(), unet_spy.close()
     assert len(text_spy.calls) == 2  # once per distinct prompt, not per frame
@@ -202,7 +204,7 @@ def test_guidance_travel_runs_cfg_per_frame(tiny_models):
     s.keyframes = {"0": {"prompt": "a", "guidance": 1.0}, "3": {"prompt": "b", "guidance": 2.0}}
     spy = Spy(tiny_models.pipe.unet)
     try:
-        frames = render.render(tiny_models, s)
+        frames = text2video.render(tiny_models, s)
     finally:
         spy.close()
     assert frames.shape[0] == 4
@@ -213,22 +215,22 @@ def test_guidance_travel_runs_cfg_per_frame(tiny_models):
 def test_long_clips_render_in_windows(tiny_models, frames):
     spy = Spy(tiny_models.pipe.unet)
     try:
-        out = render.render(tiny_models, render_settings(frames=frames, steps=1))
+        out = text2video.render(tiny_models, render_settings(frames=frames, steps=1))
     finally:
         spy.close()
     assert out.shape == (frames, 64, 64, 3)
     lengths = {c[0][0].shape[2] for c in spy.calls}
     assert lengths == {16}  # the motion module never sees more than its context
-    assert sum(c[0][0].shape[0] for c in spy.calls) == len(render.windows(frames, 16, 4))  # windows batched
+    assert sum(c[0][0].shape[0] for c in spy.calls) == len(schedule.windows(frames, 16, 4))  # windows batched
 
 
 def test_windows_cover_every_frame():
     for frames in (1, 16, 17, 33, 64, 100):
         for length, overlap in ((16, 4), (8, 2), (16, 0)):
-            wins = render.windows(frames, length, overlap)
+            wins = schedule.windows(frames, length, overlap)
             assert sorted({i for w in wins for i in w}) == list(range(frames))
             assert all(len(w) == min(frames, length) for w in wins)
-    looped = render.windows(20, 8, 2, loop=True)
+    looped = schedule.windows(20, 8, 2, loop=True)
     assert sorted({i for w in looped for i in w}) == list(range(20))
     assert any(19 in w and 0 in w for w in looped)  # the end is denoised next to the start
 
@@ -246,7 +248,7 @@ def test_lora_weight_travel_sets_adapters_per_window(tiny_dir, monkeypatch):
     real = loaded.pipe.set_adapters
     monkeypatch.setattr(loaded.pipe, "set_adapters", lambda names, adapter_weights: (
         seen.append(adapter_weights[0]), real(names, adapter_weights=adapter_weights)))
-    render.render(loaded, s)
+    text2video.render(loaded, s)
     assert len(seen) == 2 and seen[0] < seen[1]  # two windows, rising LCM-LoRA scale
 
 

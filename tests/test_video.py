@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lcmvideo import video
 from lcmvideo.errors import LcmvideoError
+from lcmvideo.output import video
 
 META = {"settings": {"fps": 7.5, "prompt": "a red circle → a blue square"}, "seed": 7}
 

@@ -1,8 +1,11 @@
 """Train the shapes-world model family: VAE, text encoder + UNet, motion adapter, ControlNet, LCM-LoRA.
 
-    python -m lcmvideo.shapes.train WORKDIR            # every stage, resuming where it stopped
-    python -m lcmvideo.shapes.train WORKDIR --stage unet
-    python -m lcmvideo.shapes.train WORKDIR --export   # fp16 weights into lcmvideo/data/shapes
+    python training/shapes/train.py WORKDIR            # every stage, resuming where it stopped
+    python training/shapes/train.py WORKDIR --stage unet
+    python training/shapes/train.py WORKDIR --export   # fp16 weights into lcmvideo/data/shapes
+
+The run's settings are a config file (configs/shipped.json: the shipped weights' run); the
+architecture is the embedded family's own (lcmvideo.models.embedded), imported from there.
 
 Deterministic under --seed: each step's batch and noise come from (seed, stage, step), so a
 resumed stage continues exactly where it stopped. Checkpoints every CHECKPOINT_EVERY steps. Not run in CI.
@@ -15,44 +18,31 @@ import argparse
 import json
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import world
+if __package__ in (None, ""):  # run as a script: the repository root holds the training package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from lcmvideo.models.embedded import CONTROLNET_EMBED, LORA_TARGETS, MOTION, TEXT, UNET, VAE  # noqa: E402
+from lcmvideo.shapes import world  # noqa: E402
 
 STAGES = ("vae", "unet", "motion", "controlnet", "lcm")
-STEPS = {"vae": 1500, "unet": 2800, "motion": 1200, "controlnet": 1200, "lcm": 600}  # the shipped weights' run
-BATCH = {"vae": 16, "unet": 32, "motion": 2, "controlnet": 32, "lcm": 24}  # motion: clips of 16 frames
-LR = {"vae": 1e-3, "unet": 4e-4, "motion": 1e-3, "controlnet": 5e-4, "lcm": 1e-3}
-BANK = {"images": 24000, "clips": 2400}
-CHECKPOINT_EVERY = 200  # steps
-SHAPE_WEIGHT = 9.0  # VAE loss weight of shape pixels over background ones
-
-VAE = dict(sample_size=64, in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 64, 64),
-           layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 4,
-           up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8)
-UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 32, 64, 64), layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            cross_attention_dim=64, attention_head_dim=8, norm_num_groups=8)
-TEXT = dict(vocab_size=49408, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
-            max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=64)
-MOTION = dict(block_out_channels=UNET["block_out_channels"], motion_layers_per_block=1,
-              motion_mid_block_layers_per_block=1, motion_num_attention_heads=8, motion_norm_num_groups=32,
-              motion_max_seq_length=32, use_motion_mid_block=True)
-CONTROLNET_EMBED = (16, 16, 32, 32)
-# the real lcm-lora-sdv1-5's targets, at a small rank
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
-                "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
-LORA_RANK = 8
-LCM_CONTROLLED = 0.5  # share of LCM distillation samples that carry the ControlNet's residuals
-GUIDANCE_W = (1.0, 2.0)  # teacher CFG during distillation: cond + w (cond - uncond), scale = 1 + w
-DDIM_STEPS = 50
+CONFIG = Path(__file__).parent / "configs" / "shipped.json"  # the shipped weights' run; --config for another
+RUN = json.loads(CONFIG.read_text())
+STEPS, BATCH, LR, BANK = RUN["steps"], RUN["batch"], RUN["lr"], RUN["bank"]  # per stage; motion batches clips
+CHECKPOINT_EVERY = RUN["checkpoint_every"]  # steps
+SHAPE_WEIGHT = RUN["shape_weight"]  # VAE loss weight of shape pixels over background ones
+LORA_RANK = RUN["lora_rank"]
+LCM_CONTROLLED = RUN["lcm_controlled"]  # share of LCM distillation samples that carry the ControlNet's residuals
+GUIDANCE_W = tuple(RUN["guidance_w"])  # teacher CFG during distillation: cond + w (cond - uncond), scale = 1 + w
+DDIM_STEPS = RUN["ddim_steps"]
 # Sampling default shipped with the family (sampling.json): with half the noise common to all
 # frames the trained adapter's frames hold together (3.1 px off a straight path vs 6-10 px).
-SHARED_NOISE = 0.5
+SHARED_NOISE = RUN["shared_noise"]
 # SD1.5's schedule keeps some signal at t = 999 (alpha_bar 0.0047): on 8x8 latents enough of the
 # layout leaks into the noisiest training inputs that the models learn to take it from the starting
 # noise (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed"). Zero
@@ -69,11 +59,11 @@ class Trainer:
         torch.set_num_threads(threads)
         self.work, self.seed = work, seed
         work.mkdir(parents=True, exist_ok=True)
-        from ..models import _configure_libraries
-        from ..paths import DATA
-        from ..tokenizer import load_tokenizer
+        from lcmvideo.models.libraries import configure
+        from lcmvideo.models.tokenizer import load_tokenizer
+        from lcmvideo.paths import DATA
 
-        _configure_libraries()
+        configure()
         from diffusers import DDPMScheduler, LCMScheduler
 
         self.tokenizer = load_tokenizer()
@@ -245,7 +235,7 @@ class Trainer:
             pure = [world.Scene("circle", c, b, 32, 32, 9) for c in world.COLOURS for b in world.BACKGROUNDS]
             back = vae.decode(vae.encode(self.to_tensor(np.stack([world.draw(p) for p in pure]))).latent_dist.mean).sample
             back = ((back.permute(0, 2, 3, 1).numpy() + 1) * 127.5).clip(0, 255).round().astype(np.uint8)
-            from . import analyse
+            from lcmvideo.shapes import analyse
 
             hues = sum(analyse.read(f).colour == p.colour for f, p in zip(back, pure))
         vae.register_to_config(scaling_factor=float(1.0 / z.std()))
@@ -315,7 +305,7 @@ class Trainer:
         """Share of 'a <colour> <shape>' pictures (20 DDIM steps, guidance 2.5) whose shape has that colour."""
         from diffusers import DDIMScheduler
 
-        from . import quality
+        from training.shapes import quality
 
         pipe = self.image_pipeline(te, unet, DDIMScheduler)
         cases = quality.prompts_and_truth(seeds_per_prompt=1)
@@ -392,7 +382,8 @@ class Trainer:
         the shipped share of common noise), with the fitted speeds in px/frame."""
         from diffusers import AnimateDiffPipeline, DDIMScheduler
 
-        from . import analyse, quality
+        from lcmvideo.shapes import analyse
+        from training.shapes import quality
 
         pipe = AnimateDiffPipeline(vae=self.vae(), text_encoder=te, tokenizer=self.tokenizer, unet=model,
                                    motion_adapter=None, scheduler=DDIMScheduler.from_config(self.noise.config))
@@ -550,7 +541,8 @@ class Trainer:
         import torch
         from diffusers import DDIMScheduler, LCMScheduler, StableDiffusionControlNetPipeline
 
-        from . import analyse, quality
+        from lcmvideo.shapes import analyse
+        from training.shapes import quality
 
         sched, steps, guidance = (LCMScheduler, 4, 1.0) if lcm else (DDIMScheduler, 20, quality.TEACHER_GUIDANCE)
         pipe = StableDiffusionControlNetPipeline(
@@ -579,7 +571,7 @@ class Trainer:
         """4-step LCM against the 50-step DDIM teacher (guidance 2.5) from the same noise."""
         from diffusers import DDIMScheduler, LCMScheduler
 
-        from . import quality
+        from training.shapes import quality
 
         cases = quality.prompts_and_truth(seeds_per_prompt=1)
         prompts, seeds, colours = [p for p, _, _ in cases], [s for _, _, s in cases], [c for _, c, _ in cases]
@@ -628,9 +620,9 @@ class Trainer:
             "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False,
         }, indent=2))
         (tmp / "README.md").write_text(
-            "lcmvideo's embedded default: the shapes-world family (lcmvideo/shapes/train.py), fp16.\n"
+            "lcmvideo's embedded default: the shapes-world family (training/shapes/train.py), fp16.\n"
             "The tokenizer is the real CLIP tokenizer, shipped once in lcmvideo/data/clip "
-            "(lcmvideo.tokenizer.load_tokenizer()).\n")
+            "(lcmvideo.models.tokenizer.load_tokenizer()).\n")
         record = {s: json.loads((self.work / s / "done").read_text()) for s in STAGES}
         (tmp / "training.json").write_text(json.dumps(record, indent=2))
         shutil.rmtree(dest, ignore_errors=True)
@@ -673,15 +665,22 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("work", type=Path)
     ap.add_argument("--stage", choices=STAGES + ("all",), default="all")
-    ap.add_argument("--seed", type=int, default=20261123)
+    ap.add_argument("--config", type=Path, default=CONFIG, help="the run's settings (JSON like configs/shipped.json)")
+    ap.add_argument("--seed", type=int, help="[default: the config's]")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="a few steps of each stage, to check the code")
-    ap.add_argument("--export", type=Path, nargs="?", const=Path(__file__).parent.parent / "data" / "shapes")
+    ap.add_argument("--export", type=Path, nargs="?",
+                    const=Path(__file__).resolve().parents[2] / "lcmvideo" / "data" / "shapes")
     a = ap.parse_args(argv)
+    if a.config != CONFIG:
+        run = json.loads(a.config.read_text())
+        for table, key in ((STEPS, "steps"), (BATCH, "batch"), (LR, "lr"), (BANK, "bank")):
+            table.update(run.get(key, {}))
+    seed = a.seed if a.seed is not None else RUN["seed"]
     if a.smoke:
         STEPS.update({k: 3 for k in STEPS})
         BANK.update(images=256, clips=4)
-    t = Trainer(a.work, a.seed, a.threads)
+    t = Trainer(a.work, seed, a.threads)
     if a.export:
         t.export(a.export)
         return

@@ -1,9 +1,11 @@
 """The embedded default: a tiny model family in SD1.5's structure, loaded like a user's models.
 
-Normally the shapes-world family trained by lcmvideo/shapes/train.py and shipped as package
-data (fp16 safetensors, diffusers layout). Its random twin, built here from fixed seeds with
-the same classes and configs, serves where the shipped weights are absent or when
-LCMVIDEO_EMBEDDED=random asks for it; its pictures are noise-like.
+Normally the shapes-world family (64x64 coloured shapes) trained by training/shapes/train.py
+and shipped as package data (fp16 safetensors, diffusers layout). Its random twin, built here
+from fixed seeds with the same classes and configs, serves the tests (LCMVIDEO_EMBEDDED=random)
+and any install without the shipped weights; its pictures are noise-like.
+
+The family's architecture lives here, beside the model, and the training imports it.
 """
 
 import json
@@ -11,21 +13,33 @@ import os
 import shutil
 from pathlib import Path
 
-from .paths import cache_dir
+from ..paths import DATA, cache_dir
 
 VERSION = "tiny-v3"  # the random twin; bump when any config or the build recipe changes
 SHAPES_VERSION = "shapes-v1"  # the trained family shipped in lcmvideo/data/shapes
 SEED = 20261122
 
-# The same structure as the trained shapes-world family, so either can stand in for the other.
-from .shapes.train import CONTROLNET_EMBED, LORA_TARGETS, MOTION, TEXT, UNET, VAE  # noqa: E402
-
+# The architecture of the trained family and its random twin, so either can stand in for the other.
+VAE = dict(sample_size=64, in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 64, 64),
+           layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 4,
+           up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8)
+UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 32, 64, 64), layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=64, attention_head_dim=8, norm_num_groups=8)
+TEXT = dict(vocab_size=49408, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
+            max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=64)
+MOTION = dict(block_out_channels=UNET["block_out_channels"], motion_layers_per_block=1,
+              motion_mid_block_layers_per_block=1, motion_num_attention_heads=8, motion_norm_num_groups=32,
+              motion_max_seq_length=32, use_motion_mid_block=True)
+CONTROLNET_EMBED = (16, 16, 32, 32)
+# the real lcm-lora-sdv1-5's targets, at a small rank
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
+                "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
 LORA_RANK = 4  # the random twin's LCM-style LoRA
 
 
 def shipped() -> Path:
-    from .paths import DATA
-
     return DATA / "shapes"
 
 
@@ -71,11 +85,10 @@ def build(out: Path) -> Path:
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .models import _configure_libraries
-    from .paths import DATA
+    from .libraries import configure
     from .tokenizer import tokenizer_dir
 
-    _configure_libraries()
+    configure()
     tmp = out.with_name(out.name + f".build{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -11,13 +11,12 @@ import json
 import math
 import os
 import re
-import secrets
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from .errors import runtime, usage
+from ..errors import runtime, usage
+from .atomic import replacing, write_text
 
 FORMATS = ("mp4", "gif", "png")
 EXTENSIONS = {".mp4": "mp4", ".gif": "gif"}
@@ -90,18 +89,11 @@ def write(frames: np.ndarray, out: Path, fps: float, fmt: str | None = None, met
     comment = None if metadata is None else json.dumps(metadata, separators=(",", ":"), default=_json_default)
     side = None if metadata is None else json.dumps(metadata, indent=2, ensure_ascii=False, default=_json_default)
 
-    tmp = _temp_beside(out, {"mp4": ".mp4", "gif": ".gif", "png": ""}[fmt])
     from tqdm import tqdm
 
-    try:
-        with tqdm(total=len(frames), desc="encode", unit="frame", disable=quiet, leave=False) as bar:
-            {"mp4": _write_mp4, "gif": _write_gif, "png": _write_png_dir}[fmt](frames, tmp, fps, comment, bar)
-        _swap_in(tmp, out)
-    except BaseException as e:  # KeyboardInterrupt too: never leave a temp behind
-        _remove(tmp)
-        if isinstance(e, OSError):
-            raise runtime(f"{out}: could not write video: {_reason(e)}") from e
-        raise
+    with replacing(out, {"mp4": ".mp4", "gif": ".gif", "png": ""}[fmt], "write video") as tmp, \
+            tqdm(total=len(frames), desc="encode", unit="frame", disable=quiet, leave=False) as bar:
+        {"mp4": _write_mp4, "gif": _write_gif, "png": _write_png_dir}[fmt](frames, tmp, fps, comment, bar)
     if side is not None:
         write_text(sidecar_path(out), side + "\n")
     return out
@@ -113,53 +105,6 @@ def _json_default(o):
     if isinstance(o, np.generic):
         return o.item()
     raise TypeError(f"metadata: a {type(o).__name__} is not JSON-serialisable")
-
-
-def _temp_beside(out: Path, ext: str) -> Path:
-    # not mkstemp/mkdtemp: those create 0600/0700 entries, and the rename would keep that mode
-    out = Path(os.path.abspath(out))
-    return out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp{ext}")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _reason(e: OSError) -> str:
-    if isinstance(e, BrokenPipeError) or "Broken pipe" in str(e):
-        return "ffmpeg stopped early (its message, if any, is above)"
-    return e.strerror or str(e).splitlines()[0]
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename `tmp` over `out`; a folder cannot be replaced in one rename, so the old one goes aside first."""
-    if not tmp.is_dir() or not os.path.lexists(out):
-        os.replace(tmp, out)
-        return
-    old = tmp.with_name(tmp.name + ".old")
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    _remove(old)
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write a small text file atomically."""
-    tmp = _temp_beside(path, ".json")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException as e:
-        _remove(tmp)
-        if isinstance(e, OSError):
-            raise runtime(f"{path}: could not write metadata: {_reason(e)}") from e
-        raise
 
 
 def _write_mp4(frames, path: Path, fps: float, comment: str | None, bar) -> None:

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import usage
-from .models import Models
+from ..errors import usage
+from .decode import decode_frames
+from .denoise import denoiser, sample
+from .text import encode, n_chunks
 
 
-def unet2d(models: Models):
+def unet2d(models):
     """The motion UNet's 2D layers as a UNet2DConditionModel sharing its tensors (built once)."""
     if "unet2d" in models.views:
         return models.views["unet2d"]
@@ -41,7 +43,7 @@ def unet2d(models: Models):
     return view
 
 
-def img2img_pipeline(models: Models):
+def img2img_pipeline(models):
     """diffusers' own img2img pipeline on the loaded weights (from_pipe: nothing is read again)."""
     if "img2img" not in models.views:
         from diffusers import LCMScheduler, StableDiffusionImg2ImgPipeline
@@ -70,7 +72,7 @@ class Frame:
 class Stylizer:
     """Turns frames into stylized frames with fixed settings; prompts are encoded once each."""
 
-    def __init__(self, models: Models, *, steps: int = 4, guidance: float = 1.0, seed: int = 0,
+    def __init__(self, models, *, steps: int = 4, guidance: float = 1.0, seed: int = 0,
                  negative_prompt: str = "", fixed_noise: bool = True):
         from diffusers import LCMScheduler
 
@@ -88,8 +90,6 @@ class Stylizer:
 
     def embeddings(self, prompt: str):
         """(cond, uncond or None) for a prompt; encoded on first use only."""
-        from . import prompts
-
         cfg = self.guidance > 1.0
         key = (prompt, self.negative_prompt if cfg else None)
         if key not in self._text:
@@ -97,9 +97,9 @@ class Stylizer:
 
             te, tok = self.models.pipe.text_encoder, self.models.pipe.tokenizer
             texts = [prompt, self.negative_prompt] if cfg else [prompt]
-            chunks = max(prompts.n_chunks(tok, t) for t in texts)
+            chunks = max(n_chunks(tok, t) for t in texts)
             with torch.inference_mode():
-                enc = [prompts.encode(te, tok, t, chunks).to(self.dtype) for t in texts]
+                enc = [encode(te, tok, t, chunks).to(self.dtype) for t in texts]
             self.encodes += 1
             self._text[key] = (enc[0], enc[1] if cfg else None)
         return self._text[key]
@@ -142,16 +142,13 @@ class Stylizer:
         return self.vae.encode(self._pixels(image)).latent_dist.mode() * self.vae.config.scaling_factor
 
     def decode(self, latents) -> np.ndarray:
-        import torch
-
-        img = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
-        return ((img[0].float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        return decode_frames(self.vae, latents)[0]
 
     def __call__(self, image: np.ndarray, prompt: str | tuple, strength: float, index: int = 0,
                  init_latents=None, controls=()) -> Frame:
         """Stylize one (H, W, 3) uint8 frame. `prompt` is a text or (cond, uncond) embeddings;
         `init_latents` replaces the frame's own encoding (latent blending); `controls` are
-        (render.Control, frame index) pairs."""
+        (denoise.Control, frame index) pairs."""
         import torch
 
         with torch.inference_mode():
@@ -162,21 +159,9 @@ class Stylizer:
                 return Frame(np.ascontiguousarray(image), lat)
             sched = self.scheduler
             sched.set_timesteps(schedule_length(sched, self.steps, strength), device=self.device)  # the full schedule: its last step adds no noise
-            ts = sched.timesteps[-self.steps:]
-            lat = sched.add_noise(lat, noise.to(lat.dtype), ts[:1])
-            for k, t in enumerate(ts):
-                active = [(c, i) for c, i in controls if c.active(k, len(ts))]
-                lat = sched.step(self._predict(lat, t, cond, uncond, active), t, lat, generator=g).prev_sample
+            run = min(self.steps, len(sched.timesteps))
+            first = len(sched.timesteps) - run
+            lat = sched.add_noise(lat, noise.to(lat.dtype), sched.timesteps[first:first + 1])
+            model = denoiser(self.unet, sched, cond, uncond, self.guidance, [c.frame(i) for c, i in controls], run)
+            lat = sample(model, sched, lat, g, first)
             return Frame(self.decode(lat), lat)
-
-    def _predict(self, lat, t, cond, uncond, controls=()):
-        import torch
-
-        from .render import control_residuals, guided
-
-        x = lat if uncond is None else torch.cat([lat, lat])
-        ehs = cond if uncond is None else torch.cat([uncond, cond])
-        extra = control_residuals([(c.net, c.images[i:i + 1].expand(len(x), -1, -1, -1),
-                                    c.scale[i:i + 1].expand(len(x))) for c, i in controls], x, t, ehs) \
-            if controls else {}
-        return guided(self.unet(x, t, encoder_hidden_states=ehs, **extra).sample, uncond is not None, self.guidance)

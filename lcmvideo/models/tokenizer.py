@@ -11,7 +11,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from .paths import DATA, cache_dir
+from ..paths import DATA, cache_dir
 
 MERGES_GZ = DATA / "clip" / "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_SIZE = 49408

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import analyse, world
+from lcmvideo.shapes import analyse, world
 
 TEACHER_GUIDANCE = 2.5  # 1 + the middle of the distillation's w range
 TOLERANCE_PX = 6.0
@@ -31,7 +31,7 @@ def image_pipeline(models, scheduler: str):
     """A StableDiffusionPipeline over the loaded family's 2D UNet with the named scheduler."""
     from diffusers import DDIMScheduler, LCMScheduler, StableDiffusionPipeline, TCDScheduler
 
-    from ..img2img import unet2d
+    from lcmvideo.pipeline.img2img import unet2d
 
     cls = {"ddim": DDIMScheduler, "lcm": LCMScheduler, "tcd": TCDScheduler}[scheduler]
     p = models.pipe
@@ -73,7 +73,7 @@ def generate_clip(pipe, prompt: str, seed: int, steps: int, guidance: float, fra
     LCM's re-noising come from the seed."""
     import torch
 
-    from ..render import frame_noise
+    from lcmvideo.pipeline.denoise import frame_noise
 
     c = pipe.unet.config
     shape = (1, c.in_channels, frames, c.sample_size, c.sample_size)

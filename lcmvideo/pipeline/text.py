@@ -1,14 +1,19 @@
-"""Prompt text -> CLIP embeddings, with A1111-style term weights and prompts past 75 tokens.
+"""Text conditioning: prompt text -> CLIP embeddings, per frame for prompt travel.
+
+Prompts carry A1111-style term weights and may run past 75 tokens:
 
 `(word:1.3)` multiplies the word's token embeddings by 1.3, `(word)` by 1.1, `[word]` by
 1/1.1, nested brackets multiply; `\\(` is a literal bracket. As in A1111, the weighted
 embeddings are rescaled to the unweighted mean so weights shift emphasis, not loudness.
 Longer prompts are encoded in 75-token chunks and concatenated along the sequence.
+`conditioning` turns a schedule's keyframes into one embedding per frame, blending between them.
 """
 
 from __future__ import annotations
 
 import re
+
+from ..schedule import FrameRow, Settings, full_prompt, negative_for
 
 TOKEN = re.compile(r"\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:")
 
@@ -115,3 +120,41 @@ def slerp(a, b, t: float):
     near = dot > 0.9995  # nearly parallel: linear is exact enough and stable
     direction = torch.where(near, (1 - t) * ua + t * ub, direction)
     return (direction * ((1 - t) * na + t * nb)).to(a.dtype)
+
+
+def conditioning(models, s: Settings, rows: list[FrameRow], cache: dict | None = None):
+    """Per-frame text embeddings (T, L, D) for the prompt and, with CFG, the negative prompt.
+
+    Each distinct keyframe text goes through the text encoder once; frames between keyframes
+    blend the keyframes' embeddings (linear or slerp) with the plan's weights.
+    """
+    import torch
+
+    pipe = models.pipe
+    kfs = s.resolved
+    use_cfg = any(r.params["guidance"] > 1.0 for r in rows)
+    texts = [full_prompt(s, k) for k in kfs]
+    negs = [negative_for(s, k) for k in kfs] if use_cfg else []
+    chunks = max(n_chunks(pipe.tokenizer, t) for t in texts + negs)
+    known = {} if cache is None else cache.setdefault("text", {})  # (text, chunks) -> embedding, kept by a Session
+    embeds = {}
+    for t in dict.fromkeys(texts + negs):
+        if (t, chunks) not in known:
+            known[(t, chunks)] = encode(pipe.text_encoder, pipe.tokenizer, t, chunks)[0]
+        embeds[t] = known[(t, chunks)]
+
+    def per_frame(keyed):
+        out = []
+        for r in rows:
+            if len(r.blend) == 1:
+                out.append(embeds[keyed[r.blend[0][0]]])
+                continue
+            (i, wa), (j, wb) = r.blend
+            a, b = embeds[keyed[i]], embeds[keyed[j]]
+            out.append(slerp(a, b, wb) if s.interpolation == "slerp" else a * wa + b * wb)
+        return torch.stack(out)
+
+    cond = per_frame(texts)
+    uncond = per_frame(negs) if use_cfg else None
+    guidance = [max(r.params["guidance"], 1.0) for r in rows]
+    return cond, uncond, guidance

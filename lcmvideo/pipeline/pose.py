@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
-from .errors import runtime, usage
+from ..errors import runtime, usage
+from ..output.atomic import replacing, write_text
 
 COCO18 = ("nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist", "r_hip",
           "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "r_eye", "l_eye", "r_ear", "l_ear")
@@ -115,7 +115,7 @@ def write_openpose_json(path: Path, people: list[np.ndarray], width: int, height
         px[:, 1] *= height
         rows.append({"pose_keypoints_2d": [round(float(v), 4) for v in px.reshape(-1)]})
     text = json.dumps({"version": 1.3, "canvas_width": width, "canvas_height": height, "people": rows})
-    _atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_text(Path(path), text, "write")
 
 
 def frame_number(path: Path) -> int | None:
@@ -191,7 +191,8 @@ def extract_to_folder(video_frames: np.ndarray, out_dir: Path, *, estimator=None
         h, w = frames.shape[1:3]
         for i, f in enumerate(tqdm(frames, desc="pose", unit="frame", disable=quiet)):
             people = estimator(np.ascontiguousarray(f))
-            _atomic(out_dir / f"{i:04d}.png", lambda tmp: Image.fromarray(draw(people, w, h)).save(tmp, "PNG"))
+            with replacing(out_dir / f"{i:04d}.png", ".png", "write") as tmp:
+                Image.fromarray(draw(people, w, h)).save(tmp, "PNG")
             write_openpose_json(out_dir / f"{i:04d}.json", people, w, h)
     finally:
         if own:
@@ -204,16 +205,3 @@ def _check(frames) -> np.ndarray:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise usage(f"pose extraction needs frames as uint8 RGB (T, H, W, 3), got {frames.dtype} {frames.shape}")
     return frames
-
-
-def _atomic(path: Path, write) -> None:
-    """Write through a temp file beside `path`, renamed into place, so no half file is left."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise runtime(f"{path}: could not write ({e.strerror or e})") from None
-        raise

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import usage
+from ..errors import usage
 
 KEYFRAME_LINE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*:\s*(.*)$")
 LORA_TAG = re.compile(r"<lora:[^>]*>")

@@ -4,7 +4,7 @@
 matter most: the same noise for every frame, prompts encoded once, and optionally the
 previous output, warped along the source's optical flow, blended into each frame's start.
 `animatediff` mode noises the whole clip's latents to the strength and denoises them with
-the motion module over context windows (render.denoise), as diffusers'
+the motion module over context windows (text2video.denoise), as diffusers'
 AnimateDiffVideoToVideoPipeline does with `enforce_inference_steps=True`.
 
 Work in progress lives in a folder beside the output (`out.mp4.work/`): finished frames
@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .control import read_image
-from .errors import usage
-from .schedule import Settings
+from ..errors import runtime, usage
+from ..output.atomic import replacing
+from ..output.images import read_image
+from ..schedule import Settings
 
 MODES = ("frames", "animatediff")
 
@@ -95,7 +96,8 @@ def load_source(path: Path, opts: Options, native: int, width: int | None, heigh
     """Read, select (start/end/every/max_frames) and resize the input frames. Frames are decoded one at
     a time and only the selected ones are kept, at the output size; decoding stops after the last one,
     so a few seconds of a long video cost a few seconds' memory and time."""
-    from . import control, video
+    from ..output import video
+    from ..output.images import fit
 
     path = Path(path)
     frames, fps, count = video.open_frames(path)
@@ -112,7 +114,7 @@ def load_source(path: Path, opts: Options, native: int, width: int | None, heigh
         if size is None:
             size = size_for(f.shape[1], f.shape[0], native, width, height)
         if i >= a and (i - a) % every == 0:
-            picked.append(control.fit(f, *size, opts.fit))
+            picked.append(fit(f, *size, opts.fit))
     frames.close()
     if count is None and seen < last:  # decoded to the end: now the count is known
         _position(opts.start, fps, seen, "--start")
@@ -157,9 +159,8 @@ def prepare_work(out: Path, key: str, opts: Options, say) -> Path:
 
 
 def _save(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
+    with replacing(path, path.suffix, "write the work folder") as tmp:
+        write(tmp)
 
 
 def _save_png(path: Path, image: np.ndarray) -> None:
@@ -178,12 +179,13 @@ def frames_mode(models, s: Settings, src: Source, rows, opts: Options, wd: Path,
     import torch
     from tqdm import tqdm
 
-    from . import img2img, render
+    from . import img2img
+    from .text import conditioning
 
     sty = img2img.Stylizer(models, steps=s.steps, guidance=1.0, seed=s.seed, negative_prompt=s.negative_prompt,
                            fixed_noise=opts.fixed_noise)
     with torch.inference_mode():
-        cond, uncond, guidance = render.conditioning(models, s, rows)
+        cond, uncond, guidance = conditioning(models, s, rows)
     power = strengths(rows)
     out, prev_lat = [], None
     # finished frames are saved by a writer thread while the next frame is denoised; on any
@@ -199,7 +201,7 @@ def _frames_step(i, sty, src, opts, wd, out, prev_lat, cond, uncond, guidance, p
     """Stylize frame i (or take it from the work folder); returns its latents for the next frame."""
     import torch
 
-    from . import flow
+    from ..output import flow
 
     png, npy = wd / "frames" / f"{i:06d}.png", wd / "frames" / f"{i:06d}.npy"
     if png.exists() and (opts.blend == 0 or opts.blend_space != "latent" or npy.exists()):
@@ -240,7 +242,7 @@ def _warp_latents(lat, back: np.ndarray):
     _, c, h, w = lat.shape
     H, W = back.shape[:2]
     f = cv2.resize(back, (w, h), interpolation=cv2.INTER_AREA) * np.array([w / W, h / H], np.float32)
-    from .flow import warp
+    from ..output.flow import warp
 
     arr = lat[0].permute(1, 2, 0).float().cpu().numpy()
     moved = warp(np.ascontiguousarray(arr), f)
@@ -254,7 +256,10 @@ def animatediff_mode(models, s: Settings, src: Source, rows, opts: Options, wd: 
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
-    from . import img2img, render
+    from . import img2img
+    from .decode import decode
+    from .text import conditioning
+    from .text2video import denoise
 
     power = strengths(rows)
     strength = max(power)
@@ -267,7 +272,7 @@ def animatediff_mode(models, s: Settings, src: Source, rows, opts: Options, wd: 
     length = img2img.schedule_length(sched, s.steps, strength)
     ckpt = wd / "latents.pt"
     with torch.inference_mode():
-        cond, uncond, guidance = render.conditioning(models, s, rows)
+        cond, uncond, guidance = conditioning(models, s, rows)
         generator = torch.Generator("cpu").manual_seed(s.seed)
         if ckpt.exists():
             state = torch.load(ckpt, weights_only=True)
@@ -293,23 +298,32 @@ def animatediff_mode(models, s: Settings, src: Source, rows, opts: Options, wd: 
             _save(ckpt, lambda p: torch.save(state, p))
 
         if done < s.steps:
-            latents = render.denoise(models, cond, uncond, guidance, s, quiet, rows, controls,
+            latents = denoise(models, cond, uncond, guidance, s, quiet, rows, controls,
                                      start=(latents, generator, length, done), on_step=keep)
-        return render.decode(pipe, latents, quiet)
+        return decode(pipe.vae, latents, quiet)
+
+
+def settings_for(models, s: Settings, src: Source) -> Settings:
+    """`s` resolved for this input: its frame count and size, a seed."""
+    from dataclasses import replace
+
+    from .text2video import resolve_settings
+
+    return resolve_settings(replace(s, frames=len(src.frames), height=src.frames.shape[1],
+                                    width=src.frames.shape[2]), models)
 
 
 def restyle(models, s: Settings, src: Source, opts: Options, out: Path, quiet: bool = True,
             say=print) -> np.ndarray:
-    """Restyled frames of `src`, resumable through the work folder beside `out`."""
+    """Restyled frames of `src`, resumable through the work folder beside `out`; `s` as
+    settings_for returns it."""
     import torch
 
-    from .render import prepare_controls, resolve_settings
-    from .schedule import finish, plan
+    from ..schedule import plan
+    from .control import prepare_controls
 
     if opts.mode not in MODES:
         raise usage(f"--mode: {opts.mode!r}; expected one of {', '.join(MODES)}")
-    s.frames, s.height, s.width = len(src.frames), src.frames.shape[1], src.frames.shape[2]
-    s = resolve_settings(finish(s), models)
     rows = plan(s)
     with torch.inference_mode():  # before the work folder: errors leave nothing
         controls = prepare_controls(models, s, rows, input_frames=src.frames)
@@ -341,7 +355,5 @@ def mux_audio(video_file: Path, source: Path, start_s: float, duration_s: float,
            "-movflags", "+faststart", "-f", "mp4", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
-        from .errors import runtime
-
         raise runtime(f"{source}: could not copy its audio ({r.stderr.strip().splitlines()[-1] if r.stderr else r.returncode}); "
                       "pass --no-audio to leave it out")

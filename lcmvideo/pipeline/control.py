@@ -8,44 +8,15 @@ render size with `fit()`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import usage
+from ..errors import usage
+from ..output.images import IMAGE_EXTS, fit, read_image
+from ..schedule import ANNOTATED, INPUT, ControlSpec, FrameRow, Settings
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-SOURCE_KEYS = ("images", "video", "openpose", "pose_from", "canny_from", "position_from")
-ANNOTATED = ("pose_from", "canny_from", "position_from")  # a video whose frames an annotator turns into maps
-INPUT = "<input>"  # for those: the clip being restyled, given to load() as `input_frames`
 CANNY = (100, 200)  # ControlNet 1.1's canny annotator thresholds
-FITS = ("crop", "pad", "stretch")
-
-
-@dataclass
-class ControlSpec:
-    model: str | None = None  # ControlNet: diffusers folder, single file, HF id, name; None = embedded tiny one
-    images: str | None = None  # a folder of images numbered by frame (0000.png, 0016.png), or one image
-    video: str | None = None  # a video of conditioning frames, one per clip frame
-    openpose: str | None = None  # a folder of OpenPose JSON keypoint files numbered by frame
-    pose_from: str | None = None  # a video of a person: poses extracted (needs lcmvideo[pose])
-    canny_from: str | None = None  # a video: its Canny edges, white on black (for canny ControlNets)
-    position_from: str | None = None  # a shapes-world video: a blob where its shape is (the embedded net's maps)
-    scale: float = 1.0  # conditioning scale of this net (times the schedule's controlnet_scale)
-    start: float = 0.0  # fraction of the denoising steps where this net starts acting
-    end: float = 1.0  # ... and stops
-    missing: str = "none"  # frames without an image in a sparse folder: none (no control) | nearest
-    fit: str = "crop"  # crop (cover, centre crop) | pad (fit inside, black bars) | stretch
-    count: str = "error"  # video/pose_from with another frame count: error | stretch (resample evenly)
-    size: list | None = None  # [width, height] of the canvas of pixel-coordinate OpenPose JSON
-
-    @property
-    def source(self) -> tuple[str, str]:
-        for k in SOURCE_KEYS:
-            if getattr(self, k):
-                return k, getattr(self, k)
-        raise usage(f"controlnet: needs one of {', '.join(SOURCE_KEYS)}")
 
 
 def from_flag(model: str, source: str) -> ControlSpec:
@@ -69,28 +40,6 @@ def stamp(spec: ControlSpec) -> tuple:
     path = Path(spec.source[1]).expanduser()
     files = sorted(path.iterdir()) if path.is_dir() else [path]
     return tuple((p.name, p.stat().st_mtime_ns) for p in files if p.exists())
-
-
-def fit(image: np.ndarray, width: int, height: int, rule: str = "crop") -> np.ndarray:
-    """Resize an RGB image to (height, width): crop = cover then centre-crop (no bars, no
-    distortion), pad = fit inside then centre on black, stretch = ignore the aspect ratio."""
-    import cv2
-
-    h, w = image.shape[:2]
-    if (w, h) == (width, height):
-        return image
-    if rule == "stretch":
-        return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if w > width else cv2.INTER_CUBIC)
-    scale = max(width / w, height / h) if rule == "crop" else min(width / w, height / h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
-    if rule == "crop":
-        x, y = (nw - width) // 2, (nh - height) // 2
-        return np.ascontiguousarray(resized[y:y + height, x:x + width])
-    out = np.zeros((height, width, 3), np.uint8)
-    x, y = (width - nw) // 2, (height - nh) // 2
-    out[y:y + nh, x:x + nw] = resized
-    return out
 
 
 def _numbered(folder: Path, exts, frames: int, what: str) -> dict[int, Path]:
@@ -175,7 +124,7 @@ def annotate(kind: str, frames: np.ndarray) -> np.ndarray:
         return np.repeat(np.stack(edges)[..., None], 3, axis=3)
     if kind != "position_from":
         raise ValueError(f"no annotator for {kind}")
-    from .shapes import analyse, world
+    from ..shapes import analyse, world
 
     h, w = frames.shape[1:3]
     maps = []
@@ -184,16 +133,6 @@ def annotate(kind: str, frames: np.ndarray) -> np.ndarray:
         maps.append(np.zeros((h, w, 3), np.uint8) if r.colour is None else
                     world.position_map(r.x, r.y, size=w, height=h, sigma=4.0 * min(h, w) / world.SIZE))
     return np.stack(maps)
-
-
-def read_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as e:
-        raise usage(f"{path}: not a readable image ({e})") from None
 
 
 def load(spec: ControlSpec, frames: int, width: int, height: int,
@@ -231,7 +170,7 @@ def load(spec: ControlSpec, frames: int, width: int, height: int,
             raise usage(f"controlnet: {kind}: {INPUT} means the input of a restyle; there is none here")
         picked = input_frames
     else:
-        from . import video
+        from ..output import video
 
         if not path.is_file():
             raise usage(f"{path}: no such video")
@@ -244,3 +183,28 @@ def load(spec: ControlSpec, frames: int, width: int, height: int,
         for f in range(frames):
             out[f] = fit(picked[f], width, height, spec.fit)
     return out, present
+
+
+def prepare_controls(models, s: Settings, rows: list[FrameRow], cache: dict | None = None,
+                     input_frames=None) -> list:
+    """Load each ControlNet (once per path) and its conditioning images for this clip
+    (`input_frames`: a restyle's input, for poses of the input itself)."""
+    import torch
+
+    from ..models import resolve_controlnet
+    from .denoise import Control
+
+    out = []
+    dtype, device = models.pipe.unet.dtype, models.spec.device
+    for i, spec in enumerate(s.controlnet):
+        ref = resolve_controlnet(spec.model, models.spec, f"controlnet[{i}].model")
+        net = models.controlnet(ref)
+        key = (repr(spec), s.frames, s.width, s.height, stamp(spec))
+        known = {} if cache is None else cache.setdefault("control", {})
+        if key not in known:
+            known[key] = load(spec, s.frames, s.width, s.height, input_frames)
+        images, present = known[key]
+        scale = [spec.scale * r.params["controlnet_scale"] * float(p) for r, p in zip(rows, present)]
+        out.append(Control(net, torch.from_numpy(images).to(device).permute(0, 3, 1, 2).to(dtype) / 255.0,
+                           torch.tensor(scale, device=device, dtype=dtype), spec.start, spec.end))
+    return out

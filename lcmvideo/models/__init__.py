@@ -1,0 +1,17 @@
+"""Models, offline, from every layout users have: sniff a file's header, resolve what the user
+named (path, HF cache id, A1111/ComfyUI folder name, or the embedded family), load it into one
+pipeline. Importing this package loads neither torch nor diffusers; `load` does.
+"""
+
+from .hashes import describe, sha256_prefix
+from .loader import Models, file_stamp, load, torch_dtype
+from .locate import (MODEL_FOLDERS, ModelRef, ModelSpec, discover, hf_cache_snapshot, pick_device, resolve,
+                      resolve_controlnet)
+from .identify import Sniffed, classify, sniff
+from .weights import WEIGHT_EXTS, load_state_dict, safetensors_shapes
+
+__all__ = [
+    "MODEL_FOLDERS", "WEIGHT_EXTS", "ModelRef", "ModelSpec", "Models", "Sniffed", "classify", "describe",
+    "discover", "file_stamp", "hf_cache_snapshot", "load", "load_state_dict", "pick_device", "resolve",
+    "resolve_controlnet", "safetensors_shapes", "sha256_prefix", "sniff", "torch_dtype",
+]

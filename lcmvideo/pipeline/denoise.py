@@ -1,0 +1,171 @@
+"""The one denoiser every mode calls, and the sampler loop around it.
+
+`denoiser(...)` returns `model(latents, t, step) -> noise`, as k-diffusion's samplers take a
+model. For the image UNet the latents are one frame (1, C, h, w) (img2img, restyle's frames
+mode, live); for the motion UNet a clip (1, C, T, h, w), run as overlapping context windows,
+several windows to one UNet call, their predictions blended with pyramid weights where they
+overlap (text-to-video, restyle's animatediff mode). Either way it applies classifier-free
+guidance per frame and the ControlNets' residuals within their start/end steps. `sample`
+runs an LCM/TCD scheduler's steps over it; noise is drawn by the caller and passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+BATCH_FRAMES = 32  # context windows run together in one UNet call up to this many frames
+
+
+@dataclass
+class Control:
+    """One ControlNet with its conditioning for the whole clip (or the one frame)."""
+
+    net: object  # diffusers ControlNetModel
+    images: object  # (T, 3, H, W) float in [0, 1] on the device
+    scale: object  # (T,) per-frame conditioning scale (0 where a frame has no image)
+    start: float = 0.0
+    end: float = 1.0
+
+    def active(self, i: int, steps: int) -> bool:
+        """diffusers' control_guidance_start/end rule."""
+        return not (i / steps < self.start or (i + 1) / steps > self.end)
+
+    def frame(self, i: int) -> Control:
+        """This ControlNet's conditioning of frame i alone."""
+        return replace(self, images=self.images[i:i + 1], scale=self.scale[i:i + 1])
+
+
+def frame_noise(shape, share: float, generator, device, dtype):
+    """Gaussian noise for (1, C, T, h, w) latents, a `share` of its variance common to all frames.
+
+    Frames that start from (and, in LCM's multistep sampling, are re-noised with) partly the
+    same noise settle on the same layout; 0 gives independent noise."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    own = randn_tensor(shape, generator=generator, device=torch.device(device), dtype=dtype)
+    if share <= 0:
+        return own
+    common = randn_tensor((*shape[:2], 1, *shape[3:]), generator=generator, device=torch.device(device), dtype=dtype)
+    return share**0.5 * common + (1 - share) ** 0.5 * own
+
+
+def window_weights(n: int):
+    """Pyramid weights: a window's edge frames count less where windows overlap."""
+    import torch
+
+    ramp = torch.arange(1, n + 1, dtype=torch.float32)
+    return torch.minimum(ramp, ramp.flip(0))
+
+
+def guided(out, cfg: bool, g):
+    """Classifier-free guidance over a [uncond, cond] batch (the output itself without CFG)."""
+    if not cfg:
+        return out
+    u, c = out.chunk(2)
+    return u + g * (c - u)
+
+
+def control_residuals(parts, x, t, ehs) -> dict:
+    """Summed ControlNet residuals for a flat batch of frames x: parts are (net, images, per-item
+    scale), as UNet keyword arguments."""
+    down, mid = None, None
+    for net, image, scale in parts:
+        d, m = net(x, t, encoder_hidden_states=ehs, controlnet_cond=image, conditioning_scale=1.0, return_dict=False)
+        sv = scale.view(-1, 1, 1, 1).to(x.dtype)
+        d, m = [r * sv for r in d], m * sv
+        down = d if down is None else [a + b for a, b in zip(down, d)]
+        mid = m if mid is None else mid + m
+    return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+
+def predict(unet, x, t, cond, uncond=None, guidance=1.0, controls=()):
+    """One UNet call: x is frames (n, C, h, w) or windows (n, C, L, h, w); cond/uncond are per-frame
+    embeddings (n*L, 77k, D), uncond meaning CFG; guidance a number or per frame (n, 1, L, 1, 1);
+    controls are (net, images (n*L, 3, H, W), scales (n*L,)) in the UNet's (batch, frame) order."""
+    import torch
+
+    cfg = uncond is not None
+    x_in = torch.cat([x, x]) if cfg else x
+    ehs = torch.cat([uncond, cond]) if cfg else cond
+    extra = {}
+    if controls:
+        flat = x_in if x_in.ndim == 4 else x_in.transpose(1, 2).reshape(-1, x_in.shape[1], *x_in.shape[3:])
+        extra = control_residuals([(net, torch.cat([im, im]) if cfg else im, torch.cat([sc, sc]) if cfg else sc)
+                                   for net, im, sc in controls], flat, t, ehs)
+    return guided(unet(x_in, t, encoder_hidden_states=ehs, **extra).sample, cfg, guidance)
+
+
+def denoiser(unet, scheduler, cond, uncond=None, guidance=1.0, controls=(), steps: int = 1, wins=None,
+             before_window=None, per_call: int | None = None, progress=None):
+    """`model(latents, t, step)`: the noise prediction for a frame (wins None) or a clip over the
+    context windows `wins`. `step` indexes the scheduler's timesteps; the last `steps` of them are
+    the ones run, which the ControlNets' start/end refer to. `guidance` is a number for a frame, one
+    per frame for a clip; `before_window(window)` runs before each UNet call (LoRA weights travelling
+    per window); `progress(n)` counts windows done."""
+    import torch
+
+    def active(step):
+        k = step - (len(scheduler.timesteps) - steps)
+        return [c for c in controls if c.active(k, steps)]
+
+    if wins is None:
+        def model(x, t, step):
+            ctl = [(c.net, c.images, c.scale) for c in active(step)]
+            return predict(unet, scheduler.scale_model_input(x, t), t, cond, uncond, guidance, ctl)
+
+        return model
+
+    device = cond.device
+    cfg = uncond is not None
+    g = torch.as_tensor(guidance, dtype=cond.dtype, device=device).view(1, 1, -1, 1, 1)
+    per_call = per_call or max(1, BATCH_FRAMES // len(wins[0]))
+    groups = [(group, [torch.tensor(win, device=device) for win in group])
+              for group in (wins[i:i + per_call] for i in range(0, len(wins), per_call))]
+
+    def model(x, t, step):
+        ctl = active(step)
+        w = window_weights(len(wins[0])).to(device, x.dtype)  # every window has the same length
+        noise = torch.zeros_like(x)
+        for group, idx in groups:
+            if before_window:
+                before_window(group[0])
+            out = predict(unet, scheduler.scale_model_input(torch.cat([x[:, :, i] for i in idx]), t), t,
+                          torch.cat([cond[i] for i in idx]), torch.cat([uncond[i] for i in idx]) if cfg else None,
+                          torch.cat([g[:, :, i] for i in idx]) if cfg else g,
+                          [(c.net, torch.cat([c.images[i] for i in idx]), torch.cat([c.scale[i] for i in idx]))
+                           for c in ctl])
+            if len(wins) == 1:
+                noise = out
+            else:
+                for k, i in enumerate(idx):
+                    noise[:, :, i] += out[k:k + 1] * w.view(1, 1, -1, 1, 1)
+            if progress:
+                progress(len(group))
+        if len(wins) > 1:
+            total = torch.zeros(x.shape[2], device=device, dtype=x.dtype)
+            for win in wins:
+                total[win] += w
+            noise /= total.view(1, 1, -1, 1, 1)
+        return noise
+
+    return model
+
+
+def sample(model, scheduler, latents, generator, first: int = 0, renoise=None, on_step=None):
+    """Run the scheduler's timesteps from `first` on (its schedule already set): each step asks
+    `model` for the noise and lets the scheduler step. `renoise(step_output, latents)` may replace
+    the latents after a step; `on_step(step, latents, generator)` sees them (checkpoints)."""
+    timesteps = scheduler.timesteps
+    if first:
+        scheduler.set_begin_index(first)
+    for step in range(first, len(timesteps)):
+        t = timesteps[step]
+        out = scheduler.step(model(latents, t, step), t, latents, generator=generator)
+        latents = out.prev_sample
+        if renoise is not None:
+            latents = renoise(out, latents)
+        if on_step:
+            on_step(step, latents, generator)
+    # LCM's result is the denoised estimate of the last step
+    return latents

@@ -1,0 +1,115 @@
+"""Text-to-video: AnimateDiff + LCM over a loaded model set.
+
+The loop is written out rather than taken from `AnimateDiffPipeline.__call__` so that every
+frame can have its own text embedding (prompt travel) and guidance, and so that clips longer
+than the motion module's window run as overlapping context windows (denoise.denoiser). With
+one window and one prompt it computes exactly what the diffusers pipeline computes (tested).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import numpy as np
+
+from ..errors import runtime
+from ..schedule import FrameRow, Settings, finish, plan, windows
+from .control import prepare_controls
+from .decode import decode
+from .denoise import denoiser, frame_noise, sample
+from .text import conditioning
+
+
+def resolve_settings(s: Settings, models) -> Settings:
+    """A copy of `s` with what it left open filled in: the model's native size, a seed, shared noise."""
+    s = finish(s)
+    size = models.native_size
+    # A ControlNet's maps hold the frames together by themselves; common noise would pull a
+    # subject the maps move back to one place (the embedded family: see docs/shapes.md).
+    return replace(s, width=s.width or size, height=s.height or size,
+                   seed=random.randrange(2**31) if s.seed is None else s.seed,
+                   shared_noise=(0.0 if s.controlnet else models.shared_noise) if s.shared_noise is None
+                   else s.shared_noise)
+
+
+def denoise(models, cond, uncond, guidance, s: Settings, quiet: bool = True, rows=None, controls=None, start=None,
+            on_step=None):
+    """LCM sampling of (1, C, T, h, w) latents; cond/uncond are per-frame embeddings (T, L, D);
+    `s` has been through resolve_settings.
+
+    `start` = (latents, generator, schedule_length, first_step) continues from given noisy
+    latents (video-to-video, resume) over the last steps of a longer LCM schedule;
+    `on_step(step, latents, generator)` sees the latents after each step."""
+    import torch
+    from tqdm import tqdm
+
+    pipe = models.pipe
+    unet, sched = pipe.unet, pipe.scheduler
+    device = models.spec.device
+    share = s.shared_noise
+    if start is None:
+        generator = torch.Generator("cpu").manual_seed(s.seed)
+        shape = (1, unet.config.in_channels, s.frames, s.height // pipe.vae_scale_factor,
+                 s.width // pipe.vae_scale_factor)
+        latents = frame_noise(shape, share, generator, device, cond.dtype) * sched.init_noise_sigma
+        sched.set_timesteps(s.steps, device=device)
+        first = 0
+    else:
+        latents, generator, length, first = start
+        sched.set_timesteps(length, device=device)  # the full schedule: its last step adds no noise
+        first += length - s.steps
+    wins = windows(s.frames, min(s.context.length, models.max_frames), s.context.overlap, s.loop)
+    travel = lora_travel(models, rows) if rows else None
+    bar = tqdm(total=(len(sched.timesteps) - first) * len(wins), desc="denoise", disable=quiet, leave=False)
+    model = denoiser(unet, sched, cond, uncond, guidance, controls or (), s.steps, wins,
+                     before_window=(lambda win: set_lora_weights(models, travel, win)) if travel else None,
+                     per_call=1 if travel else None, progress=bar.update)
+
+    def renoise(out, latents):
+        # LCM re-noises its estimate for the next step with independent noise; share it too
+        if getattr(out, "denoised", None) is None or sched.step_index >= len(sched.timesteps):
+            return latents
+        a = sched.alphas_cumprod[sched.timesteps[sched.step_index]].to(device, latents.dtype)
+        return a.sqrt() * out.denoised + (1 - a).sqrt() * frame_noise(latents.shape, share, generator, device,
+                                                                      latents.dtype)
+
+    latents = sample(model, sched, latents, generator, first, renoise if share > 0 else None, on_step)
+    bar.close()
+    return latents
+
+
+def lora_travel(models, rows: list[FrameRow]) -> dict | None:
+    """Per-frame weights of each loaded adapter, if any of them changes over the clip."""
+    if not models.adapters:
+        return None
+    curves = {name: [r.params.get(param, 0.0) for r in rows] for param, name in models.adapters.items()}
+    if all(max(c) == min(c) for c in curves.values()):
+        return None
+    return curves
+
+
+def set_lora_weights(models, curves: dict, win: list[int]):
+    """LoRA weights can change per window, not per frame: each window gets its frames' mean."""
+    names = list(curves)
+    models.pipe.set_adapters(names, adapter_weights=[sum(curves[n][i] for i in win) / len(win) for n in names])
+
+
+def render(models, s: Settings, quiet: bool = True, cache: dict | None = None) -> np.ndarray:
+    """Denoise and decode one clip: uint8 frames (T, H, W, 3). `s` as resolve_settings returns it
+    (it is resolved here otherwise, with a random seed if it has none); `cache` (a Session's) keeps
+    encoded prompts and conditioning images between renders."""
+    import torch
+
+    s = resolve_settings(s, models)
+    rows = plan(s)
+    device = models.spec.device
+    try:
+        with torch.inference_mode():
+            cond, uncond, guidance = conditioning(models, s, rows, cache)
+            controls = prepare_controls(models, s, rows, cache)
+            latents = denoise(models, cond, uncond, guidance, s, quiet, rows, controls)
+            return decode(models.pipe.vae, latents, quiet)
+    except torch.OutOfMemoryError:
+        raise runtime(f"out of memory rendering {s.frames} frames at {s.width}x{s.height} on {device}; "
+                      "try fewer frames, a smaller size or a shorter context.length") from None

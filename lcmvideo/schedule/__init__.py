@@ -1,0 +1,19 @@
+"""Schedules: settings, parsing with line numbers, validation, importers and the per-frame plan.
+
+Pure Python (PyYAML, no torch): `lcmvideo plan` and `lcmvideo --help` load no model library.
+"""
+
+from .parse import Where
+from .timeline import (finish, full_prompt, negative_for, plan, require_prompt, resolve_frame, travels_lora,
+                   windows)
+from .read import dumps, from_source, from_text, load
+from .settings import (ANNOTATED, FITS, INPUT, MODEL_KEYS, SIDECAR_MARK, SOURCE_KEYS, TRAVEL, Context,
+                       ControlSpec, FrameRow, Keyframe, LoraRef, ModelPaths, Settings)
+from .validate import apply_overrides, from_dict, parse_lora
+
+__all__ = [
+    "ANNOTATED", "FITS", "INPUT", "MODEL_KEYS", "SIDECAR_MARK", "SOURCE_KEYS", "TRAVEL", "Context", "ControlSpec",
+    "FrameRow", "Keyframe", "LoraRef", "ModelPaths", "Settings", "Where", "apply_overrides", "dumps", "finish",
+    "from_dict", "from_source", "from_text", "full_prompt", "load", "negative_for", "parse_lora", "plan",
+    "require_prompt", "resolve_frame", "travels_lora", "windows",
+]

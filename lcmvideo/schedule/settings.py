@@ -1,0 +1,147 @@
+"""The settings of a clip as plain dataclasses: what schedule files, flags and sidecars say.
+
+Pure Python. The functions that fill in or override settings return new objects: a Settings
+given to a Session or a render is never changed behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import usage
+
+TRAVEL = ("guidance", "lcm_lora_scale", "controlnet_scale", "strength")  # per-keyframe numeric parameters
+INTERPOLATIONS = ("linear", "slerp")
+SIDECAR_MARK = "lcmvideo"  # the top-level key that tells a render's sidecar JSON from a schedule
+
+# ControlNet sources: where each frame's conditioning image comes from
+SOURCE_KEYS = ("images", "video", "openpose", "pose_from", "canny_from", "position_from")
+ANNOTATED = ("pose_from", "canny_from", "position_from")  # a video whose frames an annotator turns into maps
+INPUT = "<input>"  # for those: the clip being restyled
+FITS = ("crop", "pad", "stretch")
+
+
+@dataclass
+class LoraRef:
+    path: str
+    weight: float = 1.0  # multiplier on the LoRA's own alpha/rank scale
+    name: str | None = None  # how keyframes' lora_weights refer to it; default: the file's stem
+
+    @property
+    def key(self) -> str:
+        return self.name or Path(self.path.rstrip("/\\")).name.split(".")[0]
+
+
+@dataclass
+class ModelPaths:
+    base: str | None = None  # SD1.5: diffusers folder, HF cache id, single .safetensors/.ckpt, or a name in models_dir
+    motion: str | None = None  # AnimateDiff motion module: diffusers folder or original single file
+    lcm_lora: str | None = None  # LCM-LoRA file/folder; "none" for an LCM-distilled base
+    lcm_lora_scale: float = 1.0  # strength of the LCM-LoRA (travels per keyframe too)
+    loras: list[LoraRef] = field(default_factory=list)  # extra style LoRAs
+    models_dir: str | None = None  # an A1111/ComfyUI folder to find models in by name
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto (fp16 on GPU, fp32 on CPU) | float32 | float16 | bfloat16
+    fuse: bool = True  # fuse LoRAs into the weights (faster); false keeps them as adapters
+
+
+MODEL_KEYS = frozenset(f.name for f in fields(ModelPaths))  # settings that choose and load models
+
+
+@dataclass
+class Context:
+    length: int = 16  # frames the motion module sees at once (AnimateDiff was trained on 16)
+    overlap: int = 4  # frames shared by neighbouring windows
+
+
+@dataclass
+class ControlSpec:
+    model: str | None = None  # ControlNet: diffusers folder, single file, HF id, name; None = embedded tiny one
+    images: str | None = None  # a folder of images numbered by frame (0000.png, 0016.png), or one image
+    video: str | None = None  # a video of conditioning frames, one per clip frame
+    openpose: str | None = None  # a folder of OpenPose JSON keypoint files numbered by frame
+    pose_from: str | None = None  # a video of a person: poses extracted (needs lcmvideo[pose])
+    canny_from: str | None = None  # a video: its Canny edges, white on black (for canny ControlNets)
+    position_from: str | None = None  # a shapes-world video: a blob where its shape is (the embedded net's maps)
+    scale: float = 1.0  # conditioning scale of this net (times the schedule's controlnet_scale)
+    start: float = 0.0  # fraction of the denoising steps where this net starts acting
+    end: float = 1.0  # ... and stops
+    missing: str = "none"  # frames without an image in a sparse folder: none (no control) | nearest
+    fit: str = "crop"  # crop (cover, centre crop) | pad (fit inside, black bars) | stretch
+    count: str = "error"  # video/pose_from with another frame count: error | stretch (resample evenly)
+    size: list | None = None  # [width, height] of the canvas of pixel-coordinate OpenPose JSON
+
+    @property
+    def source(self) -> tuple[str, str]:
+        for k in SOURCE_KEYS:
+            if getattr(self, k):
+                return k, getattr(self, k)
+        raise usage(f"controlnet: needs one of {', '.join(SOURCE_KEYS)}")
+
+
+@dataclass
+class Keyframe:
+    frame: int  # resolved frame index
+    key: str  # the key as written: "8", "-1", "0.5"
+    prompt: str
+    negative_prompt: str | None = None  # None: the global negative prompt
+    hold: float | None = None  # fraction of the gap to the next keyframe held before blending; None: global
+    params: dict[str, float] = field(default_factory=dict)  # travelled values set here; LoRAs as "lora:NAME"
+
+
+# Where a Settings came from: kept beside the values, never written into a schedule or sidecar
+PROVENANCE = ("where", "sources", "job")
+
+
+@dataclass
+class Settings:
+    prompt: str = ""  # shorthand for keyframes: {0: prompt}
+    keyframes: dict[str, Any] = field(default_factory=dict)  # key as written -> prompt or {prompt, ...}
+    head: str = ""  # text put before every keyframe's prompt
+    tail: str = ""  # text put after every keyframe's prompt
+    negative_prompt: str = ""  # used only when guidance > 1
+    interpolation: str = "linear"  # linear | slerp: how text embeddings blend between keyframes
+    hold: float = 0.0  # default hold (0-1): fraction of each gap a keyframe stays unblended
+    loop: bool = False  # blend the end back into the first keyframe (for seamless loops)
+    context: Context = field(default_factory=Context)
+    frames: int = 16  # clip length in frames
+    width: int | None = None  # pixels, multiple of 8; None = the model's native size
+    height: int | None = None
+    fps: float = 8.0  # frames per second of the output
+    steps: int = 4  # LCM denoising steps; 2-8 is LCM's range
+    guidance: float = 1.0  # classifier-free guidance; <= 1 turns CFG off (half the UNet work)
+    controlnet_scale: float = 1.0  # ControlNet conditioning scale (travels per keyframe)
+    strength: float = 0.5  # img2img strength for restyling (travels per keyframe)
+    seed: int | None = None  # None = a random seed, printed and recorded
+    shared_noise: float | None = None  # 0-1: share of the frames' noise they have in common; None = the model's
+    models: ModelPaths = field(default_factory=ModelPaths)
+    controlnet: list[ControlSpec] = field(default_factory=list)  # ControlNets with their conditioning
+    output: str | None = None  # .mp4, .gif or a folder for PNG frames
+    format: str | None = None  # mp4 | gif | png; None = from the output's extension
+    resolved: list[Keyframe] = field(default_factory=list, repr=False)  # keyframes by frame, after finish()
+    warnings: list[str] = field(default_factory=list, repr=False)  # lint, after finish()
+    # provenance
+    where: Any = field(default=None, repr=False, compare=False)  # parse.Where: the file and its key lines
+    sources: dict[str, str] = field(default_factory=dict, repr=False, compare=False)  # model key -> "flag"
+    job: str | None = field(default=None, repr=False, compare=False)  # a batch job's key, for skipping done jobs
+
+    def to_dict(self) -> dict:
+        """The settings a schedule file can say (what sidecars record and `convert` writes)."""
+        d = asdict(replace(self, where=None, sources={}, job=None))
+        for k in ("resolved", "warnings", "prompt", *PROVENANCE):
+            d.pop(k)
+        return d
+
+    def copy(self) -> Settings:
+        """A deep copy sharing only the (read-only) provenance."""
+        return copy.deepcopy(self, {id(self.where): self.where, id(self.sources): dict(self.sources)})
+
+
+@dataclass
+class FrameRow:
+    frame: int
+    blend: list[tuple[int, float]]  # (index into Settings.resolved, weight), weights sum to 1
+    params: dict[str, float]  # every travelled parameter's value at this frame

@@ -1,0 +1,271 @@
+"""Checking what a schedule says: structure, types and ranges of every key, and flags applied
+over it. Each error names the file, the key path and the line (parse.Where)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import usage
+from .parse import Index, Where, is_number
+from .timeline import finish
+from .settings import (FITS, INPUT, INTERPOLATIONS, MODEL_KEYS, SOURCE_KEYS, TRAVEL, ControlSpec, LoraRef, ModelPaths,
+                       Settings)
+
+def _check_keys(d: dict, allowed, path: tuple, where: Where):
+    for k in d:
+        if k not in allowed:
+            raise where(path + (k,), f"unknown key; expected one of: {', '.join(sorted(allowed))}")
+
+
+def _num(v, path, where, kind=float, lo=None, hi=None, what="a number"):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and isinstance(v, float)
+                                                                   and not v.is_integer()):
+        raise where(path, f"expected {what}, got {v!r}")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise where(path, f"expected {what}, got {v!r}")
+    v = kind(v)
+    if lo is not None and v < lo:
+        raise where(path, f"must be at least {lo}, got {v}")
+    if hi is not None and v > hi:
+        raise where(path, f"must be at most {hi}, got {v}")
+    return v
+
+
+def _str(v, path, where, optional=False):
+    if v is None and optional:
+        return None
+    if not isinstance(v, str):
+        raise where(path, f"expected text, got {v!r}")
+    return v
+
+
+def _bool(v, path, where):
+    if not isinstance(v, bool):
+        raise where(path, f"expected true or false, got {v!r}")
+    return v
+
+
+NUMBERS = {  # key: (type, low, high, what)
+    "frames": (int, 1, 100_000, "a whole number of frames"),
+    "fps": (float, 0.1, 240, "a number"),
+    "steps": (int, 1, 100, "a whole number of steps"),
+    "guidance": (float, 0.0, 30.0, "a number"),
+    "controlnet_scale": (float, 0.0, 5.0, "a number"),
+    "strength": (float, 0.0, 1.0, "a number"),
+    "hold": (float, 0.0, 0.99, "a number"),
+    "lcm_lora_scale": (float, 0.0, 5.0, "a number"),
+    "shared_noise": (float, 0.0, 1.0, "a number from 0 to 1"),
+}
+
+
+def _models(d, path, where, base_dir: Path | None) -> ModelPaths:
+    if not isinstance(d, dict):
+        raise where(path, f"expected a mapping of model paths, got {d!r}")
+    _check_keys(d, {f.name for f in fields(ModelPaths)}, path, where)
+    m = ModelPaths()
+
+    def rel(p):
+        # paths in a schedule file are relative to the file, like any config
+        if p is None or base_dir is None or p.lower() == "none":
+            return p
+        q = Path(p).expanduser()
+        return str(q if q.is_absolute() or not (base_dir / q).exists() else (base_dir / q).resolve())
+
+    for k in ("base", "motion", "lcm_lora", "models_dir"):
+        if k in d:
+            setattr(m, k, rel(_str(d[k], path + (k,), where, optional=True)))
+    for k in ("device", "dtype"):
+        if k in d:
+            setattr(m, k, _str(d[k], path + (k,), where))
+    if "lcm_lora_scale" in d:
+        m.lcm_lora_scale = _num(d["lcm_lora_scale"], path + ("lcm_lora_scale",), where, lo=0.0, hi=5.0)
+    if "fuse" in d:
+        m.fuse = _bool(d["fuse"], path + ("fuse",), where)
+    loras = d.get("loras", [])
+    if not isinstance(loras, list):
+        raise where(path + ("loras",), "expected a list of {path, weight, name} or 'PATH[:WEIGHT]' entries")
+    for i, item in enumerate(loras):
+        p = path + ("loras", Index(i))
+        if isinstance(item, str):
+            ref = parse_lora(item, lambda msg: where(p, msg))
+        elif isinstance(item, dict):
+            _check_keys(item, {"path", "weight", "name"}, p, where)
+            if "path" not in item:
+                raise where(p, "missing key 'path'")
+            ref = LoraRef(_str(item["path"], p + ("path",), where),
+                          _num(item.get("weight", 1.0), p + ("weight",), where, lo=-5.0, hi=5.0),
+                          _str(item.get("name"), p + ("name",), where, optional=True))
+        else:
+            raise where(p, f"expected a mapping or 'PATH[:WEIGHT]', got {item!r}")
+        m.loras.append(LoraRef(rel(ref.path), ref.weight, ref.name))
+    return m
+
+
+def parse_lora(text: str, error=None) -> LoraRef:
+    """'PATH[:WEIGHT]' -> LoraRef; a Windows drive letter's colon is not a weight."""
+    error = error or (lambda msg: usage(f"--lora: {msg}"))
+    path, sep, weight = text.rpartition(":")
+    if sep and path and not (len(path) == 1 and path.isalpha()):
+        try:
+            return LoraRef(path, float(weight))
+        except ValueError:
+            if "/" not in weight and "\\" not in weight:
+                raise error(f"'{text}': the weight after ':' must be a number") from None
+    return LoraRef(text, 1.0)
+
+
+def _control(d, path, where, base_dir: Path | None) -> ControlSpec:
+    if not isinstance(d, dict):
+        raise where(path, f"expected a mapping with a model and a source, got {d!r}")
+    _check_keys(d, {f.name for f in fields(ControlSpec)}, path, where)
+    c = ControlSpec()
+    given = [k for k in SOURCE_KEYS if d.get(k) is not None]
+    if len(given) != 1:
+        raise where(path, f"needs exactly one source of {', '.join(SOURCE_KEYS)}; got "
+                          f"{', '.join(given) if given else 'none'}")
+    for k in ("model", *SOURCE_KEYS):
+        v = _str(d.get(k), path + (k,), where, optional=True)
+        if v is not None and v != INPUT and base_dir is not None:  # relative to the file, as models are
+            q = Path(v).expanduser()
+            if not q.is_absolute() and (k != "model" or (base_dir / q).exists()):
+                v = str((base_dir / q).resolve())
+        setattr(c, k, v)
+    for k, lo, hi in (("scale", 0.0, 5.0), ("start", 0.0, 1.0), ("end", 0.0, 1.0)):
+        if k in d:
+            setattr(c, k, _num(d[k], path + (k,), where, lo=lo, hi=hi))
+    if c.start >= c.end:
+        raise where(path + ("end",), f"must be greater than start ({c.start}), got {c.end}")
+    for k, options in (("missing", ("none", "nearest")), ("fit", FITS), ("count", ("error", "stretch"))):
+        if k in d:
+            v = _str(d[k], path + (k,), where)
+            if v not in options:
+                raise where(path + (k,), f"expected one of {', '.join(options)}, got {v!r}")
+            setattr(c, k, v)
+    if d.get("size") is not None:
+        v = d["size"]
+        if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v)):
+            raise where(path + ("size",), f"expected [width, height] in pixels, got {v!r}")
+        c.size = v
+    return c
+
+
+def _keyframe_value(v, path, where) -> dict:
+    """A keyframe's value: a prompt, or a mapping with a prompt and travelled parameters."""
+    if isinstance(v, str):
+        return {"prompt": v}
+    if not isinstance(v, dict):
+        raise where(path, f"expected a prompt or a mapping with 'prompt', got {v!r}")
+    allowed = {"prompt", "negative_prompt", "hold", "lora_weights", *TRAVEL}
+    _check_keys(v, allowed, path, where)
+    if "prompt" not in v:
+        raise where(path, "missing key 'prompt'")
+    out = {"prompt": _str(v["prompt"], path + ("prompt",), where)}
+    if "negative_prompt" in v:
+        out["negative_prompt"] = _str(v["negative_prompt"], path + ("negative_prompt",), where)
+    for k in ("hold", *TRAVEL):
+        if k in v:
+            kind, lo, hi, what = NUMBERS[k]
+            out[k] = _num(v[k], path + (k,), where, kind, lo, hi, what)
+    if "lora_weights" in v:
+        lw = v["lora_weights"]
+        if not isinstance(lw, dict):
+            raise where(path + ("lora_weights",), "expected a mapping of LoRA name: weight")
+        out["lora_weights"] = {str(n): _num(w, path + ("lora_weights", n), where, lo=-5.0, hi=5.0)
+                               for n, w in lw.items()}
+    return out
+
+
+def from_dict(d: Any, where: Where, base_dir: Path | None = None) -> Settings:
+    """Validate the structure and types of a parsed file; frame-dependent rules wait for finish()."""
+    if not isinstance(d, dict):
+        raise where((), "expected a mapping of settings at the top level")
+    allowed = {f.name for f in fields(Settings)} - {"resolved", "warnings"}
+    _check_keys(d, allowed, (), where)
+    s = Settings()
+    for k in ("prompt", "head", "tail", "negative_prompt"):
+        if k in d:
+            setattr(s, k, _str(d[k], (k,), where, optional=True) or "")
+    if "keyframes" in d:
+        kf = d["keyframes"]
+        if not isinstance(kf, dict) or not kf:
+            raise where(("keyframes",), "expected a mapping of frame: prompt")
+        for k, v in kf.items():
+            if isinstance(k, bool) or not (isinstance(k, (int, float)) or is_number(str(k))):
+                raise where(("keyframes", k), "a keyframe's key must be a frame number, a negative index "
+                                              "from the end (-1 = last) or a fraction of the clip (0.5)")
+            s.keyframes[str(k)] = _keyframe_value(v, ("keyframes", k), where)
+            where.lines.setdefault(("keyframes", str(k)), where.lines.get(("keyframes", k)))
+    if "interpolation" in d:
+        s.interpolation = _str(d["interpolation"], ("interpolation",), where)
+        if s.interpolation not in INTERPOLATIONS:
+            raise where(("interpolation",), f"expected one of {', '.join(INTERPOLATIONS)}, got {s.interpolation!r}")
+    if "loop" in d:
+        s.loop = _bool(d["loop"], ("loop",), where)
+    if "context" in d:
+        c = d["context"]
+        if not isinstance(c, dict):
+            raise where(("context",), "expected a mapping with length and overlap")
+        _check_keys(c, {"length", "overlap"}, ("context",), where)
+        if "length" in c:
+            s.context.length = _num(c["length"], ("context", "length"), where, int, 2, 64, "a whole number of frames")
+        if "overlap" in c:
+            s.context.overlap = _num(c["overlap"], ("context", "overlap"), where, int, 0, 63,
+                                     "a whole number of frames")
+    for k, (kind, lo, hi, what) in NUMBERS.items():
+        if k in d and k not in ("lcm_lora_scale", "shared_noise"):
+            setattr(s, k, _num(d[k], (k,), where, kind, lo, hi, what))
+    for k in ("width", "height"):
+        if d.get(k) is not None:
+            setattr(s, k, _num(d[k], (k,), where, int, lo=8, hi=4096, what="a whole number of pixels"))
+    if d.get("shared_noise") is not None:  # null, as a sidecar may say: the model's default
+        s.shared_noise = _num(d["shared_noise"], ("shared_noise",), where, *NUMBERS["shared_noise"])
+    if d.get("seed") is not None:
+        s.seed = _num(d["seed"], ("seed",), where, int, lo=0, hi=2**63 - 1, what="a whole number")
+    if "models" in d:
+        s.models = _models(d["models"], ("models",), where, base_dir)
+    if "controlnet" in d:
+        c = d["controlnet"]
+        items = [c] if isinstance(c, dict) else c
+        if not isinstance(items, list):
+            raise where(("controlnet",), "expected a mapping or a list of mappings")
+        for i, item in enumerate(items):
+            s.controlnet.append(_control(item, ("controlnet", Index(i)) if isinstance(c, list) else ("controlnet",),
+                                         where, base_dir))
+    if "output" in d:
+        s.output = _str(d["output"], ("output",), where, optional=True)
+        if s.output and base_dir is not None and not Path(s.output).expanduser().is_absolute():
+            s.output = str(base_dir / s.output)
+    if "format" in d:
+        s.format = _str(d["format"], ("format",), where, optional=True)
+    s.where = where
+    return finish(s, where)
+
+
+def apply_overrides(s: Settings, **flags) -> Settings:
+    """A copy of `s` with CLI flags over the file's values; None means 'not given'."""
+    for k in ("width", "height"):
+        if flags.get(k) is not None and flags[k] % 8:
+            raise usage(f"--{k}: must be a multiple of 8 (the VAE's scale factor), got {flags[k]}")
+    s = s.copy()
+    s.where = s.where or Where("command line")
+    prompt = flags.pop("prompt", None)
+    if prompt is not None:
+        s.keyframes = {"0": {"prompt": prompt}}
+        s.prompt = ""
+    for k, v in flags.items():
+        if v is None or v == ():
+            continue
+        if k in MODEL_KEYS:
+            setattr(s.models, k, list(v) if k == "loras" else v)
+        elif k in ("context_length", "context_overlap"):
+            setattr(s.context, k.split("_")[1], v)
+        elif k == "controlnet":
+            s.controlnet = list(v)
+        else:
+            setattr(s, k, v)
+    return finish(s)
+
+

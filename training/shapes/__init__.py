@@ -1,0 +1,1 @@
+"""The shapes-world family: training (train.py, configs/) and its quality probes (quality.py)."""
