@@ -1,6 +1,8 @@
 """lcmvideo: short videos from Stable Diffusion 1.5 + AnimateDiff + LCM-LoRA, offline."""
 
-__version__ = "0.1.0"
+from .version import __version__
+
+__all__ = ["Session", "__version__", "load_schedule"]
 
 
 def __getattr__(name):

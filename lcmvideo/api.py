@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, schedule
+from . import schedule
+from .version import __version__
 from .schedule import MODEL_KEYS, Settings
 
 def _live(session, source=None, camera=None, prompts=("",), *, steps=2, guidance=1.0, seed=0, loop=False,

@@ -6,7 +6,8 @@ import json
 import time
 from pathlib import Path
 
-from . import __version__, schedule
+from . import schedule
+from .version import __version__
 from .api import embedded_note
 from .errors import LcmvideoError, runtime, usage
 from .schedule import MODEL_KEYS, Settings

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from .version import __version__
 from .errors import LcmvideoError
 
 _state: dict = {}  # for main(): whether to show tracebacks

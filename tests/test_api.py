@@ -188,3 +188,33 @@ def test_changing_the_motion_module_does_not_reread_the_base(tiny_dir, tmp_path,
     assert session.loads == 3 and len(reads) == 1  # three model sets, the base read once
     assert np.array_equal(a, b)  # same weights from another folder: same frames
     assert not np.array_equal(a, c)  # the fused LCM-LoRA of the first set did not leak into the cached base
+
+
+def test_a_sessions_model_renders_a_settings_object_and_leaves_it_as_it_was(tiny_dir, tmp_path):
+    """`Session(model=X).render(settings)` renders with X (not the schedule's or the embedded default),
+    and resolving the seed, size and noise happens on a copy: the caller's Settings is unchanged."""
+    import copy
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from lcmvideo import schedule
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dir, other)
+    vae = other / "vae" / "diffusion_pytorch_model.safetensors"
+    sd = load_file(vae)
+    sd["decoder.conv_out.bias"] = sd["decoder.conv_out.bias"] + 0.5  # a visibly brighter decoder
+    save_file(sd, vae)
+    s = schedule.from_text("prompt: a red circle\nframes: 4\nsteps: 1\nseed: 2\n")
+    before = copy.deepcopy(s)
+    session = lcmvideo.Session(model=str(other), motion=str(other / "motion_adapter"), lcm_lora=str(other / "lcm_lora"))
+    frames = session.render(s)
+    loaded = session.models(session.settings(s))
+    assert session.loads == 1 and loaded.spec.base.path == other and not loaded.spec.embedded
+    embedded = lcmvideo.Session().render(s)
+    assert frames.mean() > embedded.mean() + 20
+    assert s == before and s.width is None and s.seed == 2 and s.shared_noise is None
+    unseeded = schedule.from_text("prompt: a red circle\nframes: 2\nsteps: 1\n")
+    lcmvideo.Session().render(unseeded)
+    assert unseeded.seed is None and unseeded.width is None

@@ -91,3 +91,24 @@ def test_sidecar_is_a_schedule(tmp_path):
     side.write_text(json.dumps({"lcmvideo": {"version": "x"}, "settings": s.to_dict(), "versions": {}}))
     again = schedule.load(side)
     assert [k.prompt for k in again.resolved] == ["a cat"] and again.seed == 5 and again.frames == 8
+
+
+def test_finishing_and_overriding_return_new_settings():
+    """Settings are values: finish() and flags give a new object and leave the given one alone."""
+    s = schedule.Settings(prompt="a red circle", frames=8)
+    done = schedule.finish(s)
+    assert s.prompt == "a red circle" and s.keyframes == {} and s.resolved == []
+    assert done is not s and done.keyframes == {"0": {"prompt": "a red circle"}} and len(done.resolved) == 1
+    over = schedule.from_source(done, frames=12, base="/models/x", context_length=8)
+    assert done.frames == 8 and done.models.base is None and done.context.length == 16
+    assert over.frames == 12 and over.models.base == "/models/x" and over.context.length == 8
+    assert over.sources == {"base": "flag"} and done.sources == {}
+
+
+def test_provenance_is_declared_and_stays_out_of_the_file(tmp_path):
+    f = tmp_path / "x.yaml"
+    f.write_text("prompt: a red circle\nframes: 8\n")
+    s = schedule.from_source(f, seed=3)
+    assert s.where.source == str(f) and s.job is None
+    d = s.to_dict()
+    assert not {"where", "sources", "job", "resolved", "warnings"} & set(d) and d["seed"] == 3
