@@ -29,8 +29,28 @@ class Ctx:
             click.echo(msg, err=True)
 
 
+def _examples_last(kw: dict) -> dict:
+    """A docstring's closing "Examples:" block becomes the epilog, so --help ends with it."""
+    text = kw.get("help") or ""
+    head, sep, tail = text.partition("\b\n    Example")
+    if sep and not kw.get("epilog"):
+        kw["help"], kw["epilog"] = head.rstrip(), "\b\nExample" + tail.replace("\n    ", "\n").rstrip()
+    return kw
+
+
+class Command(click.Command):
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **_examples_last(kw))
+
+
 class Group(click.Group):
     """Maps errors to one line and an exit code: 2 usage/config, 1 runtime, 130 Ctrl-C."""
+
+    command_class = Command
+    group_class = type  # subgroups are Groups too
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **_examples_last(kw))
 
     def invoke(self, ctx):
         try:
@@ -65,8 +85,16 @@ class Group(click.Group):
 def cli(ctx, verbose, quiet):
     """Short videos from Stable Diffusion 1.5 + AnimateDiff + LCM-LoRA, offline.
 
-    With no model given, lcmvideo runs on its embedded tiny model family (untrained,
-    for trying the tool); point --model/--motion/--lcm-lora at real files for real clips.
+    With no model given, lcmvideo runs on its embedded shapes-world family: 64x64 coloured
+    circles, squares and triangles, trained to follow colour and shape words and to travel
+    between prompts, in seconds on a CPU. Point --model/--motion/--lcm-lora (or --models-dir)
+    at your SD1.5 files for real clips.
+
+    \b
+    Examples:
+      lcmvideo render prompts/hello.yaml -o hello.mp4
+      lcmvideo restyle in.mp4 -p "a watercolour painting" --strength 0.5
+      lcmvideo live --source synthetic -p "a blue circle" --no-window --max-frames 100
     """
     ctx.obj = Ctx(verbose, quiet)
     _state["verbose"] = verbose
@@ -157,6 +185,13 @@ def render(obj: Ctx, schedule_files, output, watch, max_renders, seeds, workers,
 
     A render's sidecar JSON (OUTPUT.json) is itself a schedule file: `lcmvideo render clip.mp4.json`
     renders the same frames again.
+
+    \b
+    Examples:
+      lcmvideo render prompts/travel.yaml -o travel.mp4
+      lcmvideo render -p "a red circle" --frames 16 --seed 1 -f gif
+      lcmvideo render prompts/ --seeds 1-4 -o renders/ --model dreamshaper_8.safetensors \\
+          --motion mm_sd_v15_v2.ckpt --lcm-lora lcm-lora-sdv1-5.safetensors
     """
     from . import app
     from .pipeline import control
@@ -183,6 +218,11 @@ def plan(schedule_file, frames, as_json):
     """Show the per-frame plan of a schedule: keyframe blends and travelled parameters.
 
     Loads no model: instant.
+
+    \b
+    Examples:
+      lcmvideo plan prompts/travel.yaml
+      lcmvideo plan prompts/travel.yaml --json --frames 64
     """
     from . import app
 
@@ -197,6 +237,11 @@ def convert(source, output):
     """Turn an animatediff-cli-prompt-travel JSON or an A1111 prompt-box .txt into an lcmvideo schedule.
 
     Prints what could not be carried over. `render` also reads these files directly.
+
+    \b
+    Examples:
+      lcmvideo convert prompt_travel.json -o travel.yaml
+      lcmvideo convert prompts.txt
     """
     from . import app
 
@@ -209,7 +254,14 @@ def convert(source, output):
 @model_options
 @click.pass_obj
 def models(obj: Ctx, schedule_file, as_json, **model_kw):
-    """Show which models a render would use, where they come from, and what is in --models-dir."""
+    """Show which models a render would use, where they come from, and what is in --models-dir.
+
+    \b
+    Examples:
+      lcmvideo models
+      lcmvideo models prompts/real-models.yaml
+      lcmvideo models --models-dir ~/stable-diffusion-webui --json
+    """
     from . import app
 
     app.models_command(schedule_file, model_flags(**model_kw), as_json)
@@ -217,7 +269,12 @@ def models(obj: Ctx, schedule_file, as_json, **model_kw):
 
 @cli.group(context_settings=CONTEXT)
 def pose():
-    """OpenPose skeletons for ControlNet."""
+    """OpenPose skeletons for ControlNet.
+
+    \b
+    Example:
+      lcmvideo pose extract dance.mp4 -o poses/
+    """
 
 
 @pose.command("extract", context_settings=CONTEXT)
@@ -226,7 +283,13 @@ def pose():
               help="Folder for 0000.png skeleton images and 0000.json OpenPose keypoints.")
 @click.pass_obj
 def pose_extract(obj: Ctx, video_file, output):
-    """Extract the pose of a person from a video (needs: pip install 'lcmvideo[pose]')."""
+    """Extract the pose of a person from a video (needs: pip install 'lcmvideo[pose]').
+
+    \b
+    Example:
+      lcmvideo pose extract dance.mp4 -o poses/
+      lcmvideo render -p "a dancer" --controlnet control_v11p_sd15_openpose.pth poses/ ...
+    """
     from .output import video
     from .pipeline import pose as pose_mod
 
@@ -283,6 +346,12 @@ def restyle(obj: Ctx, input_video, schedule_file, output, fmt, prompt, negative_
     whose prompts and strength travel over the input's frames.
 
     Prints and records the flicker (warping error) of the output next to the input's own.
+
+    \b
+    Examples:
+      lcmvideo restyle in.mp4 -p "a blue circle" --strength 0.6 -o out.mp4
+      lcmvideo restyle in.mp4 style.yaml --mode animatediff --start 2s --end 6s
+      lcmvideo restyle in.mp4 -p "a dancer, oil painting" --controlnet control_v11p_sd15_openpose.pth openpose
     """
     from .api import Session
     from .pipeline import control, restyle as rs
@@ -320,7 +389,13 @@ def restyle(obj: Ctx, input_video, schedule_file, output, fmt, prompt, negative_
               help="The source the video was made from: its motion is the one to follow.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def flicker(video_file, reference, as_json):
-    """Measure flicker: warping error (lower is steadier) and plain frame difference."""
+    """Measure flicker: warping error (lower is steadier) and plain frame difference.
+
+    \b
+    Examples:
+      lcmvideo flicker out.mp4
+      lcmvideo flicker out.mp4 --reference in.mp4 --json
+    """
     import json
 
     from .errors import usage
@@ -384,6 +459,12 @@ def live(obj: Ctx, schedule_file, camera, source, loop, prompts, strength, steps
 
     Keys in the window: q/Esc quit, space pause, s snapshot, p next prompt. Without a display
     the result is recorded (default live.mp4) and fps is logged. Ctrl-C stops cleanly.
+
+    \b
+    Examples:
+      lcmvideo live -p "a blue circle" -p "a green square"
+      lcmvideo live --source clip.mp4 --loop -p "an oil painting" --out live.mp4
+      lcmvideo live --source synthetic -p "a blue circle" --no-window --max-frames 100
     """
     from . import app
 
