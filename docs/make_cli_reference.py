@@ -15,7 +15,9 @@ WIDTH = 100
 
 
 def _help(command: click.Command, path: list[str], parent: click.Context | None) -> str:
-    ctx = click.Context(command, info_name=path[-1], parent=parent, terminal_width=WIDTH, max_content_width=WIDTH)
+    # the command's own context settings (-h as well as --help), at a fixed width
+    settings = {**command.context_settings, "terminal_width": WIDTH, "max_content_width": WIDTH}
+    ctx = click.Context(command, info_name=path[-1], parent=parent, **settings)
     return command.get_help(ctx), ctx
 
 

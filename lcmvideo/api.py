@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from . import schedule
-from .version import __version__
 from .schedule import MODEL_KEYS, Settings
+from .version import __version__
+
 
 def _live(session, source=None, camera=None, prompts=("",), *, steps=2, guidance=1.0, seed=0, loop=False,
           **options):
@@ -156,7 +157,8 @@ class Session:
         """Restyle and write the clip (audio copied into MP4), its sidecar and flicker report."""
         import shutil
 
-        from .output import flow, video as vid
+        from .output import flow
+        from .output import video as vid
         from .pipeline import restyle
 
         t0 = time.perf_counter()

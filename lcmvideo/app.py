@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 from . import schedule
-from .version import __version__
 from .api import embedded_note
 from .errors import LcmvideoError, runtime, usage
 from .schedule import MODEL_KEYS, Settings
+from .version import __version__
 
 
 def parse_seeds(text: str) -> list[int]:

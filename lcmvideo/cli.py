@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from .version import __version__
 from .errors import LcmvideoError
+from .version import __version__
 
 _state: dict = {}  # for main(): whether to show tracebacks
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -175,7 +175,8 @@ def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_d
               help="Frames shared by neighbouring windows.  [default: 4]")
 @model_options
 @click.pass_obj
-def render(obj: Ctx, schedule_files, output, watch, max_renders, seeds, workers, ray_address, fmt, prompt, negative_prompt, frames, width, height, fps, steps,
+def render(obj: Ctx, schedule_files, output, watch, max_renders, seeds, workers, ray_address, fmt, prompt, negative_prompt,
+           frames, width, height, fps, steps,
            guidance, seed, shared_noise, controlnets, controlnet_scale, context_length, context_overlap, **model_kw):
     """Render clips from schedule files (YAML/JSON, an animatediff-cli-prompt-travel
     JSON, or an A1111 prompt-box .txt; folders and globs too) or a --prompt.
@@ -354,7 +355,8 @@ def restyle(obj: Ctx, input_video, schedule_file, output, fmt, prompt, negative_
       lcmvideo restyle in.mp4 -p "a dancer, oil painting" --controlnet control_v11p_sd15_openpose.pth openpose
     """
     from .api import Session
-    from .pipeline import control, restyle as rs
+    from .pipeline import control
+    from .pipeline import restyle as rs
     from .schedule import INPUT, ControlSpec
 
     if schedule_file is None and prompt is None:
@@ -376,9 +378,9 @@ def restyle(obj: Ctx, input_video, schedule_file, output, fmt, prompt, negative_
                       blend_space=blend_space, flow=not no_flow, fixed_noise=not fresh_noise, audio=not no_audio,
                       resume=resume, restart=restart, report=not no_report)
     flags = {k: v for k, v in model_flags(**model_kw).items() if v not in (None, ())}
-    overrides = {k: v for k, v in dict(prompt=prompt, negative_prompt=negative_prompt, strength=strength, steps=steps,
-                                       guidance=guidance, seed=seed, shared_noise=shared_noise, width=width,
-                                       height=height, fps=fps, controlnet=tuple(specs), format=fmt).items() if v not in (None, ())}
+    given = dict(prompt=prompt, negative_prompt=negative_prompt, strength=strength, steps=steps, guidance=guidance, seed=seed,
+                 shared_noise=shared_noise, width=width, height=height, fps=fps, controlnet=tuple(specs), format=fmt)
+    overrides = {k: v for k, v in given.items() if v not in (None, ())}
     session = Session(quiet=obj.quiet, verbose=obj.verbose, say=obj.say, **flags)
     session.restyle_to_file(input_video, output, schedule_file, opts, **overrides)
 
@@ -477,7 +479,8 @@ def live(obj: Ctx, schedule_file, camera, source, loop, prompts, strength, steps
         camera=camera, source=source, loop=loop, prompts=list(prompts), strength=strength, steps=steps,
         guidance=guidance, seed=seed, width=width, height=height, fit=fit, out=out, fps=fps, max_frames=max_frames,
         duration=duration, similarity=similarity_threshold, window=not no_window, virtual_cam=virtual_cam,
-        controlnet=controlnet, control_map=INPUT_ANNOTATORS[control_map or "openpose"]), say=obj.say, quiet=obj.quiet, verbose=obj.verbose)
+        controlnet=controlnet, control_map=INPUT_ANNOTATORS[control_map or "openpose"]),
+        say=obj.say, quiet=obj.quiet, verbose=obj.verbose)
 
 
 def main(argv=None):

@@ -41,7 +41,7 @@ def commands():
 
 @pytest.mark.parametrize("path,command", commands(), ids=lambda x: x if isinstance(x, str) else "")
 def test_every_help_ends_with_examples(path, command):
-    ctx = click.Context(command, info_name=path.split()[-1], terminal_width=100)
+    ctx = click.Context(command, info_name=path.split()[-1], **command.context_settings)
     lines = [ln.strip() for ln in command.get_help(ctx).rstrip().splitlines()]
     tail = lines[lines.index(next(ln for ln in reversed(lines) if ln.startswith("Example"))):]
     examples = [ln for ln in tail[1:] if ln.startswith("lcmvideo ")]

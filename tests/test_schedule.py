@@ -60,7 +60,8 @@ def test_json_file_reads_the_same(tmp_path):
     ("prompt: a\nprompt: b", "x.yaml: prompt (line 2): duplicate key"),
     ("prompt: [a", "x.yaml (line 1): not valid YAML/JSON"),
     ("- a\n- b", "x.yaml: expected a mapping of settings at the top level"),
-    ("prompt: a\nmodels:\n  loras: [\"x.safetensors:heavy\"]", "x.yaml: models.loras[0] (line 3): 'x.safetensors:heavy': the weight after ':' must be a number"),
+    ("prompt: a\nmodels:\n  loras: [\"x.safetensors:heavy\"]",
+     "x.yaml: models.loras[0] (line 3): 'x.safetensors:heavy': the weight after ':' must be a number"),
     ("prompt: a\nkeyframes: {0: b}", "x.yaml: prompt (line 1): give either 'prompt' or 'keyframes', not both"),
 ])
 def test_errors_name_file_key_and_line(text, expected):

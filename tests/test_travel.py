@@ -376,5 +376,5 @@ def test_plan_text_output(tmp_path):
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     assert "5 frames, 2 keyframe(s)" in lines[0]
-    assert any(l.split()[:1] == ["2"] and "50% @0 + 50% @4" in l and l.rstrip().endswith("1.500") for l in lines)
+    assert any(ln.split()[:1] == ["2"] and "50% @0 + 50% @4" in ln and ln.rstrip().endswith("1.500") for ln in lines)
     assert "12 steps is outside LCM's useful range" in r.stdout

@@ -4,10 +4,18 @@ pipeline. Importing this package loads neither torch nor diffusers; `load` does.
 """
 
 from .hashes import describe, sha256_prefix
-from .loader import Models, file_stamp, load, torch_dtype
-from .locate import (MODEL_FOLDERS, ModelRef, ModelSpec, discover, hf_cache_snapshot, pick_device, resolve,
-                      resolve_controlnet)
 from .identify import Sniffed, classify, sniff
+from .loader import Models, file_stamp, load, torch_dtype
+from .locate import (
+                      MODEL_FOLDERS,
+                      ModelRef,
+                      ModelSpec,
+                      discover,
+                      hf_cache_snapshot,
+                      pick_device,
+                      resolve,
+                      resolve_controlnet,
+)
 from .weights import WEIGHT_EXTS, load_state_dict, safetensors_shapes
 
 __all__ = [

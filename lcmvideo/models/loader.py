@@ -9,9 +9,9 @@ from pathlib import Path
 from ..errors import runtime, usage
 from ..paths import DATA
 from . import embedded
+from .identify import FAMILY_BY_CONTEXT
 from .libraries import configure
 from .locate import ModelRef, ModelSpec
-from .identify import FAMILY_BY_CONTEXT
 from .weights import load_state_dict, read_json
 
 SD15_CONFIG = DATA / "sd15"
@@ -279,7 +279,7 @@ def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True, parts: dict
     except torch.OutOfMemoryError:
         raise runtime(f"out of memory loading the models on {spec.device} ({spec.dtype}); "
                       "try --dtype float16 or a smaller model") from None
-    except (OSError, EnvironmentError) as e:
+    except OSError as e:
         raise runtime(f"could not load the models: {str(e).splitlines()[0]}") from None
     finally:
         bar.close()
@@ -298,7 +298,7 @@ def _apply_loras(pipe, spec: ModelSpec, parts: dict | None = None) -> dict:
     refs = ([spec.lcm_lora] if spec.lcm_lora.sniffed else []) + spec.loras
     for i, ref in enumerate(refs):
         name = "lcm" if ref.role == "lcm_lora" else f"style{i}"
-        sd = dict(_from(parts, ("lora", file_stamp(ref.path)), lambda: load_state_dict(ref.path)))
+        sd = dict(_from(parts, ("lora", file_stamp(ref.path)), lambda path=ref.path: load_state_dict(path)))
         try:
             pipe.load_lora_weights(sd, adapter_name=name)
         except (ValueError, KeyError, RuntimeError) as e:

@@ -8,7 +8,7 @@ special tokens, 49408 in all. That is the vocabulary of every SD1.5 checkpoint.
 import gzip
 import json
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from ..paths import DATA, cache_dir
@@ -69,7 +69,7 @@ def tokenizer_dir() -> Path:
     return d
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_tokenizer():
     from transformers import CLIPTokenizer
 

@@ -158,7 +158,8 @@ class Stylizer:
             if strength <= 0:  # nothing to change: the frame itself, exactly
                 return Frame(np.ascontiguousarray(image), lat)
             sched = self.scheduler
-            sched.set_timesteps(schedule_length(sched, self.steps, strength), device=self.device)  # the full schedule: its last step adds no noise
+            # the full schedule, whose last step adds no noise
+            sched.set_timesteps(schedule_length(sched, self.steps, strength), device=self.device)
             run = min(self.steps, len(sched.timesteps))
             first = len(sched.timesteps) - run
             lat = sched.add_noise(lat, noise.to(lat.dtype), sched.timesteps[first:first + 1])

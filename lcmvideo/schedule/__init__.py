@@ -4,11 +4,24 @@ Pure Python (PyYAML, no torch): `lcmvideo plan` and `lcmvideo --help` load no mo
 """
 
 from .parse import Where
-from .timeline import (finish, full_prompt, negative_for, plan, require_prompt, resolve_frame, travels_lora,
-                   windows)
 from .read import dumps, from_source, from_text, load
-from .settings import (ANNOTATED, FITS, INPUT, MODEL_KEYS, SIDECAR_MARK, SOURCE_KEYS, TRAVEL, Context,
-                       ControlSpec, FrameRow, Keyframe, LoraRef, ModelPaths, Settings)
+from .settings import (
+                   ANNOTATED,
+                   FITS,
+                   INPUT,
+                   MODEL_KEYS,
+                   SIDECAR_MARK,
+                   SOURCE_KEYS,
+                   TRAVEL,
+                   Context,
+                   ControlSpec,
+                   FrameRow,
+                   Keyframe,
+                   LoraRef,
+                   ModelPaths,
+                   Settings,
+)
+from .timeline import finish, full_prompt, negative_for, plan, require_prompt, resolve_frame, travels_lora, windows
 from .validate import apply_overrides, from_dict, parse_lora
 
 __all__ = [

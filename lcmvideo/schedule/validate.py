@@ -10,9 +10,20 @@ from typing import Any
 
 from ..errors import usage
 from .parse import Index, Where, is_number
+from .settings import (
+    FITS,
+    INPUT,
+    INTERPOLATIONS,
+    MODEL_KEYS,
+    SOURCE_KEYS,
+    TRAVEL,
+    ControlSpec,
+    LoraRef,
+    ModelPaths,
+    Settings,
+)
 from .timeline import finish
-from .settings import (FITS, INPUT, INTERPOLATIONS, MODEL_KEYS, SOURCE_KEYS, TRAVEL, ControlSpec, LoraRef, ModelPaths,
-                       Settings)
+
 
 def _check_keys(d: dict, allowed, path: tuple, where: Where):
     for k in d:
@@ -90,7 +101,7 @@ def _models(d, path, where, base_dir: Path | None) -> ModelPaths:
     for i, item in enumerate(loras):
         p = path + ("loras", Index(i))
         if isinstance(item, str):
-            ref = parse_lora(item, lambda msg: where(p, msg))
+            ref = parse_lora(item, lambda msg, p=p: where(p, msg))
         elif isinstance(item, dict):
             _check_keys(item, {"path", "weight", "name"}, p, where)
             if "path" not in item:

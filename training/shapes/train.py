@@ -164,7 +164,6 @@ class Trainer:
     def bank(self):
         """Latent means/stds of a fixed set of images and clips, encoded once by the trained VAE."""
         import torch
-
         from safetensors.torch import load_file, save_file
 
         path = self.work / "bank.safetensors"
@@ -182,14 +181,14 @@ class Trainer:
             return d.mean.half(), d.std.half()
 
         means, stds = [], []
-        for i in range(0, BANK["images"], 256):
+        for _ in range(0, BANK["images"], 256):
             scenes, frames = self.images(256, rng)
             out["scenes"] += [vars(s) for s in scenes]
             m, s = enc(frames)
             means.append(m), stds.append(s)
         out["image_mean"], out["image_std"] = torch.cat(means), torch.cat(stds)
         means, stds = [], []
-        for i in range(BANK["clips"]):
+        for _ in range(BANK["clips"]):
             s = world.sample(rng, world.FRAMES)
             out["clips"].append(vars(s))
             m, sd = enc(world.clip(s))
