@@ -136,6 +136,8 @@ def _collect(results, written: list[Path], say) -> list[Path]:
     for status, label, detail in results:
         if status == "ok":
             written.append(Path(detail))
+        elif status == "retry":  # its worker died; the job runs once more on a fresh one
+            say(f"lcmvideo: {label}: {detail}")
         else:
             say(f"lcmvideo: error: {label}: {detail}")
             failed.append(label)
