@@ -23,7 +23,10 @@ def main():
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="a smoke check in seconds, not a measurement")
     args = ap.parse_args()
+    if args.quick:
+        args.frames, args.steps, args.reps = 4, 1, 1
 
     from PIL import Image
 

@@ -34,7 +34,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=6)
+    ap.add_argument("--quick", action="store_true", help="a smoke check in seconds, not a measurement")
     args = ap.parse_args()
+    if args.quick:
+        args.reps, args.jobs = 1, 2
     d = Path(tempfile.mkdtemp())
     exe = [sys.executable, "-m", "lcmvideo.cli", "-q", "render"]
 

@@ -21,7 +21,10 @@ def main():
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--overlap", type=int, default=4)
+    ap.add_argument("--quick", action="store_true", help="a smoke check in seconds, not a measurement")
     args = ap.parse_args()
+    if args.quick:
+        args.steps, args.reps = 1, 1
 
     import torch
 

@@ -6,7 +6,8 @@ lcmvideo / plain diffusers and the share of lcmvideo's wall time spent outside t
 VAE and text encoder (Python, scheduler, tensor shuffling). Targets: ratio <= 1.0,
 outside share <= 5 %.
 
-    python benchmarks/render_overhead.py                       # embedded tiny family, CPU
+    python benchmarks/render_overhead.py                       # embedded family, CPU
+    python benchmarks/render_overhead.py --quick               # a smoke check (seconds)
     python benchmarks/render_overhead.py --full-size --device cuda --dtype float16 \\
         --size 512 --frames 16 --steps 4                       # SD1.5 architecture, random weights
 """
@@ -90,6 +91,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--full-size", action="store_true", help="SD1.5-sized random-weight models instead of tiny")
+    ap.add_argument("--quick", action="store_true", help="one short repetition: a smoke check, not a measurement")
     args = ap.parse_args()
 
     import torch
@@ -97,9 +99,12 @@ def main():
 
     from lcmvideo import models
     from lcmvideo.models import embedded
+    from lcmvideo.models.tokenizer import load_tokenizer
     from lcmvideo.pipeline import text2video
     from lcmvideo.schedule import ModelPaths, Settings
 
+    if args.quick:
+        args.frames, args.reps = 4, 1
     base = full_size_family(Path(tempfile.gettempdir()) / "lcmvideo-bench-sd15") if args.full_size else embedded.ensure()
     mp = ModelPaths(base=str(base), motion=str(base / "motion_adapter"),
                     lcm_lora="none" if args.full_size else str(base / "lcm_lora"),
@@ -112,7 +117,8 @@ def main():
     # the plain diffusers way, on the same files
     t0 = time.perf_counter()
     adapter = MotionAdapter.from_pretrained(base / "motion_adapter", torch_dtype=dtype)
-    plain = AnimateDiffPipeline.from_pretrained(base, motion_adapter=adapter, torch_dtype=dtype,
+    # the shipped family keeps its tokenizer in the package (lcmvideo/data/clip), not in its folder
+    plain = AnimateDiffPipeline.from_pretrained(base, motion_adapter=adapter, torch_dtype=dtype, tokenizer=load_tokenizer(),
                                                 safety_checker=None, feature_extractor=None)
     plain.scheduler = LCMScheduler.from_config(plain.scheduler.config)  # the folder's own, as diffusers' docs do
     if not args.full_size:

@@ -58,7 +58,10 @@ def main():
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--strength", type=float, default=0.6)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="a smoke check in seconds, not a measurement")
     a = ap.parse_args()
+    if a.quick:
+        a.frames, a.steps, a.repeats = 4, 1, 1
 
     from lcmvideo.api import Session
     from lcmvideo.models import embedded

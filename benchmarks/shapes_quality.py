@@ -22,9 +22,13 @@ carry it in a few values, so at t = 759 much of it does not).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the training package (training/shapes)
 
 RUNS = [("teacher", 50), ("LCM", 1), ("LCM", 2), ("LCM", 4), ("LCM", 8), ("TCD", 2), ("TCD", 4), ("teacher", 4),
         ("teacher", 8), ("teacher", 25)]  # the 50-step teacher first: it is the reference
@@ -52,6 +56,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=2, help="seeds per prompt, pictures")
     ap.add_argument("--clip-seeds", type=int, default=1, help="seeds per prompt, clips")
+    ap.add_argument("--quick", action="store_true", help="a smoke check in seconds, not a measurement")
     a = ap.parse_args()
 
     from lcmvideo.api import Session
@@ -59,18 +64,20 @@ def main():
     from training.shapes import quality
 
     if not embedded.use_shipped():
-        raise SystemExit("the shapes weights are not shipped in this checkout (python -m training/shapes/train.py)")
+        raise SystemExit("the shapes weights are not shipped in this checkout (python training/shapes/train.py)")
     s1, s2 = Session(), Session(lcm_lora="none")
     student, teacher = s1.models(s1.settings(prompt="x")), s2.models(s2.settings(prompt="x"))
     guidance = {"LCM": 1.0, "TCD": 1.0, "teacher": quality.TEACHER_GUIDANCE}
 
-    cases = quality.prompts_and_truth(a.seeds)
+    cases = quality.prompts_and_truth(a.seeds)[:3 if a.quick else None]
     pics = {"LCM": quality.image_pipeline(student, "lcm"), "TCD": quality.image_pipeline(student, "tcd"),
             "teacher": quality.image_pipeline(teacher, "ddim")}
     print(f"CPU, 64x64; {len(cases)} pictures per sampler ({len(cases) // a.seeds} prompts x {a.seeds} seeds)")
     table("pictures", "ms/picture", cases, lambda name, steps: quality.generate(
         pics[name], [p for p, _, _ in cases], [s for _, _, s in cases], steps, guidance[name]))
 
+    if a.quick:
+        return
     cases = quality.prompts_and_truth(a.clip_seeds)
     clips = {"LCM": quality.clip_pipeline(student, "lcm"), "TCD": quality.clip_pipeline(student, "tcd"),
              "teacher": quality.clip_pipeline(teacher, "ddim")}

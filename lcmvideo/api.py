@@ -64,18 +64,34 @@ class Session:
         self._models = None
         self._key = None
         self.cache: dict = {}  # encoded prompts, conditioning images: valid for one model set
-        self.parts: dict = {}  # components read from disk, reused across model sets
 
     def settings(self, source=None, **overrides) -> Settings:
         """A schedule file, a Settings, or nothing, with flag-like overrides (prompt=, frames=, ...)."""
         flags = {**{k: v for k, v in self.model_settings.items() if v is not None}, **overrides}
         return schedule.from_source(source, **flags)
 
+    def spec(self, s: Settings):
+        """Which models these settings name, found and identified (nothing loaded)."""
+        from . import models
+
+        return models.resolve(s.models, s.sources)
+
+    def check_fits(self, s: Settings, width: int | None = None, height: int | None = None, frames: int | None = None):
+        """Refuse, before loading anything, work that could not fit in the device's memory even empty."""
+        from .pipeline import budget
+
+        spec = self.spec(s)
+        config = spec.base.sniffed.detail.get("config", {}) if spec.base.sniffed else {}
+        native = config.get("sample_size", 64) * 2 ** (len(config.get("block_out_channels", (0,) * 4)) - 1)
+        budget.check(frames or s.frames, s.context.length, width or s.width or native, height or s.height or native,
+                     s.guidance > 1 or any(k.params.get("guidance", 0) > 1 for k in s.resolved), spec.device,
+                     config.get("block_out_channels", [320])[0], 2 if spec.dtype in ("float16", "bfloat16") else 4)
+
     def models(self, s: Settings):
         """The loaded model set for these settings: reused when the model settings are unchanged."""
         from . import models
 
-        spec = models.resolve(s.models, s.sources)
+        spec = self.spec(s)
         if spec.fuse and schedule.travels_lora(s):
             spec.fuse = False
             self.say("note: LoRA weights travel in this schedule, so LoRAs stay unfused (per-window weights, slower)")
@@ -84,8 +100,8 @@ class Session:
         if key != self._key:
             if spec.embedded:
                 self.say(embedded_note())
-            self._models = None  # let the old set go before the new one is built
-            self._models = models.load(spec, verbose=self.verbose > 0, quiet=self.quiet, parts=self.parts)
+            previous, self._models, self._key = self._models, None, None  # lent to load, which takes it apart
+            self._models = models.load(spec, verbose=self.verbose > 0, quiet=self.quiet, previous=previous)
             self._key = key
             self.cache = {}
             self.loads += 1
@@ -98,6 +114,7 @@ class Session:
 
         s = self.settings(source, **overrides)
         schedule.require_prompt(s)
+        self.check_fits(s)
         return text2video.render(self.models(s), s, quiet=self.quiet, cache=self.cache)
 
     def render_to_file(self, source=None, output=None, **overrides) -> Path:
@@ -113,14 +130,19 @@ class Session:
         video.check_writable(out, fmt)
         for w in s.warnings:
             self.say(f"warning: {w}")
+        self.check_fits(s)
         loaded = self.models(s)
         t_load = time.perf_counter()
         s = text2video.resolve_settings(s, loaded)  # the seed, size and noise the sidecar records
-        frames = text2video.render(loaded, s, quiet=self.quiet, cache=self.cache)
-        t_render = time.perf_counter()
+        timing = {}
+        frames = text2video.render(loaded, s, quiet=self.quiet, cache=self.cache, timing=timing)
         spec = loaded.spec
         meta = sidecar("render", fmt, s, spec, frames, job=s.job)
-        meta["timing_s"] = {"load": round(t_load - t0, 3), "render": round(t_render - t_load, 3)}
+        meta["timing_s"] = {"load": round(t_load - t0, 3), **{k: round(v, 3) for k, v in timing.items()}}
+        if spec.device.startswith("cuda"):
+            import torch
+
+            meta["timing_s"]["peak_vram_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         video.write(frames, out, s.fps, fmt, meta, quiet=self.quiet)
         self.say(f"wrote {out}: {frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, {s.fps:g} fps, "
                  f"seed {s.seed} ({time.perf_counter() - t0:.1f}s)")
@@ -145,6 +167,7 @@ class Session:
         probe = self.settings(source, frames=1_000_000, **overrides)  # frames unknown until the input is read
         models = self.models(probe)
         src = restyle.load_source(Path(video), opts, models.native_size, size["width"], size["height"])
+        self.check_fits(probe, src.frames.shape[2], src.frames.shape[1], len(src.frames))
         s = self.settings(source, frames=len(src.frames), fps=fps or round(src.fps, 3), **overrides)
         schedule.require_prompt(s)
         out = Path(output) if output else Path(video).with_name(Path(video).stem + ".restyled.mp4")

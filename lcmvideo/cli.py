@@ -72,6 +72,11 @@ class Group(click.Group):
         except Exception as e:  # noqa: BLE001 - last resort: one line unless -vv
             if _state.get("verbose", 0) >= 2:
                 raise
+            from .pipeline.budget import is_out_of_memory, out_of_memory
+
+            if isinstance(e, MemoryError) or is_out_of_memory(e):
+                click.echo(f"lcmvideo: error: {out_of_memory()}", err=True)
+                ctx.exit(1)
             first = str(e).splitlines()[0] if str(e) else ""
             click.echo(f"lcmvideo: error: {type(e).__name__}: {first} (run with -vv for the traceback)", err=True)
             ctx.exit(1)

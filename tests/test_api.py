@@ -178,7 +178,7 @@ def test_changing_the_motion_module_does_not_reread_the_base(tiny_dir, tmp_path,
 
     reads = []
     real = loader._load_base
-    monkeypatch.setattr(loader, "_load_base", lambda ref, dtype: (reads.append(ref.path), real(ref, dtype))[1])
+    monkeypatch.setattr(loader, "_load_base", lambda ref, *a: (reads.append(ref.path), real(ref, *a))[1])
     shutil.copytree(tiny_dir / "motion_adapter", tmp_path / "mm")
     base = dict(model=str(tiny_dir), lcm_lora=str(tiny_dir / "lcm_lora"))
     session = lcmvideo.Session(**base, motion=str(tiny_dir / "motion_adapter"))

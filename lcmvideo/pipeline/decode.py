@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-CHUNK = 8  # frames per VAE call: the decoder's activations are the largest tensors of a render
+CHUNK = 8  # frames per VAE call at most
+# The decoder's last blocks hold several (frames, 128, H, W) float tensors at once: the largest of a
+# render. Frames per call are chosen so that they stay under this many bytes (1 frame at 512x512).
+DECODE_BYTES = 1 << 30
+ACTIVATIONS = 128 * 4 * 5  # channels x float32 bytes x tensors alive, per output pixel
+
+
+def chunk_for(height: int, width: int) -> int:
+    """Frames per VAE call at this size: CHUNK for small frames, down to one for large ones."""
+    return max(1, min(CHUNK, DECODE_BYTES // (height * width * ACTIVATIONS)))
 
 
 def to_uint8(images) -> np.ndarray:
@@ -19,11 +28,14 @@ def decode_frames(vae, latents) -> np.ndarray:
     return to_uint8(vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample)
 
 
-def decode(vae, latents, quiet: bool = True, chunk: int = CHUNK) -> np.ndarray:
-    """(1, C, T, h, w) clip latents -> uint8 (T, H, W, 3), `chunk` frames per VAE call."""
+def decode(vae, latents, quiet: bool = True, chunk: int | None = None) -> np.ndarray:
+    """(1, C, T, h, w) clip latents -> uint8 (T, H, W, 3), `chunk` frames per VAE call (by default
+    as many as the frame size allows, chunk_for)."""
     from tqdm import tqdm
 
     b, c, t, h, w = latents.shape
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    chunk = chunk or chunk_for(h * f, w * f)
     flat = latents.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
     return np.concatenate([decode_frames(vae, flat[i:i + chunk])
                            for i in tqdm(range(0, t, chunk), desc="decode", disable=quiet, leave=False)])

@@ -36,7 +36,8 @@ def unet2d(models):
     motion = models.pipe.unet
     with torch.device("meta"):
         view = UNet2DConditionModel.from_config(models.unet2d_config)
-    own = motion.state_dict()
+    # fused LoRAs keep their peft adapters (for a Session to unfuse them): the merged weight is the base layer's
+    own = {k.replace(".base_layer.", "."): v for k, v in motion.state_dict().items() if ".lora_" not in k}
     view.load_state_dict({k: own[k] for k in view.state_dict()}, strict=True, assign=True)
     view.eval().requires_grad_(False)
     models.views["unet2d"] = view

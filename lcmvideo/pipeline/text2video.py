@@ -13,8 +13,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..errors import runtime
 from ..schedule import FrameRow, Settings, finish, plan, windows
+from .budget import is_out_of_memory, out_of_memory
 from .control import prepare_controls
 from .decode import decode
 from .denoise import denoiser, frame_noise, sample
@@ -95,21 +95,28 @@ def set_lora_weights(models, curves: dict, win: list[int]):
     models.pipe.set_adapters(names, adapter_weights=[sum(curves[n][i] for i in win) / len(win) for n in names])
 
 
-def render(models, s: Settings, quiet: bool = True, cache: dict | None = None) -> np.ndarray:
+def render(models, s: Settings, quiet: bool = True, cache: dict | None = None, timing: dict | None = None) -> np.ndarray:
     """Denoise and decode one clip: uint8 frames (T, H, W, 3). `s` as resolve_settings returns it
     (it is resolved here otherwise, with a random seed if it has none); `cache` (a Session's) keeps
-    encoded prompts and conditioning images between renders."""
+    encoded prompts and conditioning images between renders; `timing` gets the seconds of each phase."""
+    import time
+
     import torch
 
     s = resolve_settings(s, models)
     rows = plan(s)
-    device = models.spec.device
+    timing = {} if timing is None else timing
     try:
         with torch.inference_mode():
+            t0 = time.perf_counter()
             cond, uncond, guidance = conditioning(models, s, rows, cache)
             controls = prepare_controls(models, s, rows, cache)
             latents = denoise(models, cond, uncond, guidance, s, quiet, rows, controls)
-            return decode(models.pipe.vae, latents, quiet)
-    except torch.OutOfMemoryError:
-        raise runtime(f"out of memory rendering {s.frames} frames at {s.width}x{s.height} on {device}; "
-                      "try fewer frames, a smaller size or a shorter context.length") from None
+            t1 = time.perf_counter()
+            frames = decode(models.pipe.vae, latents, quiet)
+            timing.update(denoise=t1 - t0, decode=time.perf_counter() - t1)
+            return frames
+    except (RuntimeError, MemoryError) as e:
+        if isinstance(e, MemoryError) or is_out_of_memory(e):
+            raise out_of_memory(f"rendering {s.frames} frames at {s.width}x{s.height}", models.spec.device) from None
+        raise
