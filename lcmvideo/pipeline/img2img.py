@@ -167,3 +167,162 @@ class Stylizer:
             model = denoiser(self.unet, sched, cond, uncond, self.guidance, [c.frame(i) for c, i in controls], run)
             lat = sample(model, sched, lat, g, first)
             return Frame(self.decode(lat), lat)
+
+
+@dataclass
+class Flight:
+    """A frame inside the stream batch: its latents after `stage` of the run steps."""
+
+    stage: int
+    latents: object  # (1, 4, h, w)
+    tag: object  # the caller's (live: the captured item)
+    controls: list  # denoise.Control of this frame alone
+
+
+@dataclass
+class StreamResult:
+    done: list  # (tag, Frame) that left the batch this call, oldest first
+    discarded: list  # tags of frames in flight that a change of strength, steps, seed or size threw away
+
+
+class StreamBatch:
+    """StreamDiffusion's denoising batch on a Stylizer's model and settings.
+
+    A frame enters at the first of the run timesteps. Every call runs ONE UNet batch holding the
+    newest frame at step 0 and the frames before it at steps 1..n-1, each at its own timestep, through
+    the shared `denoise.denoiser`; the frame that took its last step leaves, decoded. With n steps a
+    frame costs one batched UNet call instead of n sequential ones, and leaves n - 1 calls after it
+    entered. The noise is the Stylizer's (fixed noise: the start noise, then one draw per step in
+    the scheduler's order), so each frame comes out as `Stylizer(frame)` would make it (tested).
+
+    `decode` turns latents (N, 4, h, w) into uint8 frames (N, H, W, 3): the full VAE by default; a
+    faster decoder (TAESD, issue 20) plugs in here."""
+
+    def __init__(self, stylizer: Stylizer, decode=None):
+        from diffusers import LCMScheduler
+
+        self.sty = stylizer
+        self.decode = decode or (lambda lat: decode_frames(stylizer.vae, lat))
+        self.scheduler = LCMScheduler.from_config(stylizer.scheduler.config)
+        self.flight: list[Flight] = []
+        self._key = None
+
+    @property
+    def steps(self) -> int:
+        return self.sty.steps
+
+    @property
+    def encodes(self) -> int:
+        return self.sty.encodes
+
+    def configure(self, steps: int | None = None, seed: int | None = None):
+        """Change steps or seed; frames in flight are discarded at the next call."""
+        if steps is not None:
+            self.sty.steps = steps
+        if seed is not None and seed != self.sty.seed:
+            self.sty.seed = seed
+            self.sty._noise.clear()
+
+    def pending(self) -> int:
+        return len(self.flight)
+
+    def _setup(self, shape, strength: float) -> list:
+        """Timesteps, per-step coefficients and noise for these settings; returns discarded tags."""
+        import torch
+        from diffusers.utils.torch_utils import randn_tensor
+
+        sty = self.sty
+        key = (tuple(shape), float(strength), sty.steps, sty.seed)
+        if key == self._key:
+            return []
+        discarded = [f.tag for f in reversed(self.flight)]  # oldest first
+        self.flight, self._key = [], key
+        sched, dev = self.scheduler, sty.device
+        sched.set_timesteps(schedule_length(sched, sty.steps, strength), device=dev)
+        run = min(sty.steps, len(sched.timesteps))
+        first = len(sched.timesteps) - run
+        self.first, self.run, self.ts = first, run, sched.timesteps[first:]
+        eps, noise, g = sty._draws(shape, 0)
+        self.eps, self.noise = eps, noise
+        lat_shape = noise.shape
+        # the scheduler draws fresh noise at every step but the schedule's last, in this order
+        self.step_noise = [randn_tensor(lat_shape, generator=g, device=torch.device(dev), dtype=sty.dtype)
+                           for _ in range(run - 1)]
+        a = sched.alphas_cumprod.to(dev, torch.float32)
+        self.a = a[self.ts.long()]
+        scal = [sched.get_scalings_for_boundary_condition_discrete(t) for t in self.ts]
+        self.c_skip = torch.stack([torch.as_tensor(s, dtype=torch.float32) for s, _ in scal]).to(dev)
+        self.c_out = torch.stack([torch.as_tensor(o, dtype=torch.float32) for _, o in scal]).to(dev)
+        return discarded
+
+    def push(self, image: np.ndarray, prompt, strength: float, tag=None, controls=()) -> StreamResult:
+        """Add a frame and run one batch; `prompt` (a text or (cond, uncond)) holds for the whole batch."""
+        import torch
+
+        with torch.inference_mode():
+            discarded = self._setup(image.shape, strength)
+            lat = self.sty._encode(image, self.eps)
+            if strength <= 0:
+                return StreamResult([(tag, Frame(np.ascontiguousarray(image), lat))], discarded)
+            x = self.scheduler.add_noise(lat, self.noise.to(lat.dtype), self.ts[:1])
+            self.flight.insert(0, Flight(0, x, tag, [c.frame(i) for c, i in controls]))
+            return StreamResult(self._step(prompt), discarded)
+
+    def advance(self, prompt) -> StreamResult:
+        """Run one batch without a new frame (the input stalled): the frames in flight move on."""
+        import torch
+
+        if not self.flight:
+            return StreamResult([], [])
+        with torch.inference_mode():
+            return StreamResult(self._step(prompt), [])
+
+    def _step(self, prompt) -> list:
+        import torch
+
+        from .denoise import Control
+
+        sty, fl = self.sty, self.flight
+        cond, uncond = sty.embeddings(prompt) if isinstance(prompt, str) else prompt
+        n = len(fl)
+        stage = torch.tensor([f.stage for f in fl], device=self.ts.device)
+        x = torch.cat([f.latents for f in fl])
+        controls = [Control(parts[0].net, torch.cat([p.images for p in parts]), torch.cat([p.scale for p in parts]),
+                            parts[0].start, parts[0].end)
+                    for parts in zip(*[f.controls for f in fl])]
+        model = denoiser(sty.unet, self.scheduler, cond.expand(n, -1, -1),
+                         None if uncond is None else uncond.expand(n, -1, -1), sty.guidance, controls, self.run)
+        t = self.ts[stage]
+        # one timestep per UNet batch item: with CFG predict doubles the batch, so t goes twice
+        out = model(x, t if uncond is None else t.repeat(2), self.first).float()
+        xf, view = x.float(), (-1, 1, 1, 1)
+        a = self.a[stage].view(view)
+        kind = self.scheduler.config.prediction_type
+        if kind == "epsilon":
+            x0 = (xf - (1 - a).sqrt() * out) / a.sqrt()
+        elif kind == "v_prediction":
+            x0 = a.sqrt() * xf - (1 - a).sqrt() * out
+        else:
+            x0 = out
+        if self.scheduler.config.thresholding:
+            x0 = self.scheduler._threshold_sample(x0)
+        elif self.scheduler.config.clip_sample:
+            r = self.scheduler.config.clip_sample_range
+            x0 = x0.clamp(-r, r)
+        denoised = (self.c_out[stage].view(view) * x0 + self.c_skip[stage].view(view) * xf).to(x.dtype)
+        done, keep = [], []
+        for i, f in enumerate(fl):
+            if f.stage == self.run - 1:
+                done.append((f.tag, denoised[i:i + 1]))
+                continue
+            nxt = self.a[f.stage + 1]
+            f.latents = (nxt.sqrt() * denoised[i:i + 1].float()
+                         + (1 - nxt).sqrt() * self.step_noise[f.stage].float()).to(x.dtype)
+            f.stage += 1
+            keep.append(f)
+        self.flight = keep
+        if not done:
+            return []
+        done.reverse()  # oldest first
+        images = self.decode(torch.cat([lat for _, lat in done]))
+        return [(tag, Frame(img, lat)) for (tag, lat), img in zip(done, images)]
