@@ -20,8 +20,8 @@ LAYERS = [
     ("lcmvideo.output",),  # frames in and out
     ("lcmvideo.models",),
     ("lcmvideo.pipeline",),
-    ("lcmvideo.live", "lcmvideo.batch", "lcmvideo.api", "lcmvideo.app", "lcmvideo.cli", "lcmvideo.__main__",
-     "lcmvideo"),
+    ("lcmvideo.live", "lcmvideo.window", "lcmvideo.web", "lcmvideo.batch", "lcmvideo.api", "lcmvideo.app", "lcmvideo.cli",
+     "lcmvideo.__main__", "lcmvideo"),
 ]
 MODEL_LIBRARIES = {"torch", "diffusers", "transformers", "peft", "accelerate", "safetensors"}
 

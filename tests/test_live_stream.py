@@ -63,3 +63,23 @@ def test_stream_batch_discards_in_flight_on_a_settings_change(tiny_models):
     r = stream.push(clip[0], "x", 0.7, tag=3)
     assert r.discarded == [2] and stream.pending() == 1
 
+
+def test_live_loop_runs_the_stream_batch_and_drains_it(tiny_models):
+    """An unpaced source is read only when a frame is wanted: nothing is dropped, and the frames
+    still in the batch when the source ends come out too (the loop runs the batch without input)."""
+    stream = img2img.StreamBatch(img2img.Stylizer(tiny_models, steps=3, seed=0))
+    s = live.run(stream, live.Synthetic(fps=0, size=64, frames=7),
+                 live.Options(prompts=["a red circle"], window=False), say=lambda m: None)
+    assert s.frames_in == 7 and s.frames_out == 7 and s.dropped == 0
+    assert [q for q, _ in s.processed] == list(range(7))
+    assert stream.pending() == 0
+
+
+def test_stream_batch_changes_steps_between_frames(tiny_models):
+    stream = img2img.StreamBatch(img2img.Stylizer(tiny_models, steps=2, seed=0))
+    clip = frames(4)
+    stream.push(clip[0], "x", 0.5, tag=0)
+    live.tune(stream, 4, 0)
+    assert stream.steps == 4
+    r = stream.push(clip[1], "x", 0.5, tag=1)
+    assert r.discarded == [0] and stream.run == 4
