@@ -88,23 +88,34 @@ class Session:
                      config.get("block_out_channels", [320])[0], 2 if spec.dtype in ("float16", "bfloat16") else 4)
 
     def models(self, s: Settings):
-        """The loaded model set for these settings: reused when the model settings are unchanged."""
+        """The loaded model set for these settings: reused when the model settings are unchanged, and
+        when only clip skip, the sampler, gamma or lcm_map change (the set takes them as it is)."""
         from . import models
 
         spec = self.spec(s)
         if spec.fuse and schedule.travels_lora(s):
             spec.fuse = False
             self.say("note: LoRA weights travel in this schedule, so LoRAs stay unfused (per-window weights, slower)")
+        if spec.fuse and spec.lcm_map is not None and spec.lcm_lora.path is not None:
+            spec.fuse = False
+            self.say("note: lcm_map changes the LCM-LoRA's scale at every step, which a fused LoRA cannot; "
+                     "LoRAs stay unfused (slower)")
+        check_embeddings(s, spec)
         key = (tuple((r.role, str(r.path), r.weight, r.key) for r in spec.refs()), spec.lcm_lora_scale, spec.device,
-               spec.dtype, spec.fuse, tuple(models.file_stamp(r.path) for r in spec.refs() if r.path))
+               spec.dtype, spec.fuse, tuple(models.file_stamp(r.path) for r in spec.refs() if r.path),
+               tuple((r.key, models.file_stamp(r.path)) for r in spec.embeddings))
         if key != self._key:
             if spec.embedded:
                 self.say(embedded_note())
+            for note in spec.notes:
+                self.say(f"note: {note}")
             previous, self._models, self._key = self._models, None, None  # lent to load, which takes it apart
             self._models = models.load(spec, verbose=self.verbose > 0, quiet=self.quiet, previous=previous)
             self._key = key
             self.cache = {}
             self.loads += 1
+        else:
+            models.retune(self._models, spec)
         return self._models
 
     def render(self, source=None, **overrides) -> np.ndarray:
@@ -226,6 +237,18 @@ class Session:
         return out
 
 
+def check_embeddings(s: Settings, spec) -> None:
+    """Every `embedding:NAME` in the prompts names a known embedding (before anything is loaded or written)."""
+    from .pipeline import text
+
+    names = {r.key.lower() for r in spec.embeddings}
+    for k in s.resolved:
+        for t in (schedule.full_prompt(s, k), schedule.negative_for(s, k)):
+            _, missing = text.embeddings_in(t, names)
+            if missing:
+                raise text.missing_embedding(missing[0], spec.embedding_dirs, [r.key for r in spec.embeddings])
+
+
 def default_output(schedule_file, s: Settings) -> Path:
     stem = Path(schedule_file).name.split(".")[0] if isinstance(schedule_file, (str, Path)) else "lcmvideo"
     fmt = s.format or "mp4"
@@ -239,11 +262,24 @@ def sidecar(command: str, fmt: str, s: Settings, spec, frames: np.ndarray, **mar
     return {
         schedule.SIDECAR_MARK: {"version": __version__, "command": command, "format": fmt, **mark},
         "settings": recorded_settings(s, spec),
-        "models": models.describe(spec),
+        "models": models.describe(spec, embeddings_used(s, spec)),
         "versions": versions(),
         "output": {"frames": int(frames.shape[0]), "width": int(frames.shape[2]), "height": int(frames.shape[1]),
                    "fps": s.fps, "seed": s.seed},
     }
+
+
+def embeddings_used(s: Settings, spec) -> list[str]:
+    """The embeddings the prompts use (the negative prompts' only where guidance turns CFG on)."""
+    from .pipeline import text
+
+    names = {r.key.lower() for r in spec.embeddings}
+    cfg = s.guidance > 1 or any(k.params.get("guidance", 0) > 1 for k in s.resolved)
+    used = []
+    for k in s.resolved:
+        for t in (schedule.full_prompt(s, k), *([schedule.negative_for(s, k)] if cfg else [])):
+            used += [n for n in text.embeddings_in(t, names)[0] if n not in used]
+    return used
 
 
 def versions() -> dict:
@@ -268,6 +304,10 @@ def recorded_settings(s: Settings, spec) -> dict:
     m["lcm_lora"] = "none" if spec.lcm_lora.path is None else (
         None if spec.embedded else str(spec.lcm_lora.path.resolve()))
     m["loras"] = [{"path": str(r.path.resolve()), "weight": r.weight, "name": r.key} for r in spec.loras]
+    m["vae"] = str(spec.vae.path.resolve()) if spec.vae else None
+    # the named embeddings by path; those found in models_dir by their path too, as models_dir is not kept
+    m["embeddings"] = [str(r.path.resolve()) for r in spec.embeddings if r.key.lower() in embeddings_used(s, spec)
+                       or not r.source.startswith("found in")]
     m["models_dir"] = None
     m["device"], m["dtype"] = spec.device, spec.dtype
     d["output"] = None

@@ -186,9 +186,14 @@ def models_command(schedule_file, flags: dict, as_json: bool = False, echo=print
                      **({"weight": ref.weight} if ref.role == "lora" else {})})
     found = {role: [str(p) for p in ps] for role, ps in models.discover(spec.models_dir).items()} \
         if spec.models_dir else {}
+    embeddings = [{"name": r.key, "path": str(r.path), "vectors": r.sniffed.detail.get("vectors"),
+                   "source": r.source} for r in spec.embeddings]
     if as_json:
         echo(json.dumps({"models": rows, "device": spec.device, "dtype": spec.dtype, "fuse": spec.fuse,
                          "lcm_lora_scale": spec.lcm_lora_scale, "embedded": spec.embedded,
+                         "vae": "the base model's own" if spec.vae is None else str(spec.vae.path),
+                         "embeddings": embeddings, "clip_skip": spec.clip_skip, "sampler": spec.sampler,
+                         "gamma": spec.gamma, "notes": spec.notes,
                          "models_dir": str(spec.models_dir) if spec.models_dir else None, "found": found}, indent=2))
         return
     if spec.embedded:
@@ -197,8 +202,17 @@ def models_command(schedule_file, flags: dict, as_json: bool = False, echo=print
         what = f"{r['family']}, {r['layout']} layout" if r["path"] else "none"
         w = f" x{r['weight']:g}" if "weight" in r else ""
         echo(f"{r['role']:<9} {r['path'] or '-'}{w}\n          {what}; from {r['source']}")
+    if spec.vae is None:
+        echo("vae       the base model's own")
+    for e in embeddings:
+        echo(f"embedding {e['name']} ({e['vectors']} vector{'s' if e['vectors'] != 1 else ''}): {e['path']}\n"
+             f"          from {e['source']}")
     echo(f"device    {spec.device} ({spec.dtype}); LoRAs {'fused' if spec.fuse else 'as adapters'}, "
          f"LCM-LoRA scale {spec.lcm_lora_scale:g}")
+    echo(f"sampling  {spec.sampler}" + (f" (gamma {spec.gamma:g})" if spec.sampler == "tcd" else "")
+         + f"; clip skip {spec.clip_skip}" + ("; LCM-LoRA scale over the steps (lcm_map)" if spec.lcm_map else ""))
+    for note in spec.notes:
+        echo(f"note: {note}")
     if spec.models_dir:
         echo(f"\nfound in {spec.models_dir}:")
         for role, paths in found.items():
@@ -207,24 +221,51 @@ def models_command(schedule_file, flags: dict, as_json: bool = False, echo=print
 
 def plan_table(s: Settings, source: str) -> dict:
     """What `lcmvideo plan` shows, as data."""
-    from .pipeline import control
+    from .pipeline import control, text
     from .schedule import windows
 
     rows = schedule.plan(s)
     kfs = s.resolved
     wins = windows(s.frames, s.context.length, s.context.overlap, s.loop)
+    names = embedding_names(s)
+    warnings = list(s.warnings)
+
+    def used(text_: str) -> list[str]:
+        found, missing = text.embeddings_in(text_, names)
+        warnings.extend(f"embedding:{m}: no such embedding in --embedding or --models-dir" for m in missing
+                        if f"embedding:{m}: no such embedding in --embedding or --models-dir" not in warnings)
+        return [names[n] for n in found]
+
     return {
         "source": source, "frames": s.frames, "interpolation": s.interpolation, "hold": s.hold, "loop": s.loop,
         "context": {"length": s.context.length, "overlap": s.context.overlap,
                     "windows": [[w[0], w[-1]] for w in wins]},
         "keyframes": [{"key": k.key, "frame": k.frame, "prompt": schedule.full_prompt(s, k),
-                       "negative_prompt": schedule.negative_for(s, k), **k.params} for k in kfs],
+                       "negative_prompt": schedule.negative_for(s, k),
+                       "embeddings": used(schedule.full_prompt(s, k)),
+                       "negative_embeddings": used(schedule.negative_for(s, k)), **k.params} for k in kfs],
         "rows": [{"frame": r.frame, "blend": [{"keyframe": kfs[i].frame, "weight": round(w, 4)} for i, w in r.blend],
                   "params": {p: round(v, 4) for p, v in r.params.items()}} for r in rows],
         "controlnet": [{"model": c.model or "embedded", "source": c.source[1], "scale": c.scale,
                         "frames": control.assignment(c, s.frames)} for c in s.controlnet],
-        "warnings": list(s.warnings),
+        "warnings": warnings,
     }
+
+
+def embedding_names(s: Settings) -> dict[str, str]:
+    """Lower-case name -> name of the embeddings a render would know: the files named in the settings
+    and those in --models-dir's embeddings folders (listed, not read: `plan` loads nothing)."""
+    import os
+
+    from .models import WEIGHT_EXTS, discover
+
+    stems = [Path(p).stem if Path(p).suffix.lower() in WEIGHT_EXTS else Path(p).name for p in s.models.embeddings]
+    names = {n.lower(): n for n in stems}
+    models_dir = s.models.models_dir or os.environ.get("LCMVIDEO_MODELS_DIR")
+    if models_dir and Path(models_dir).expanduser().is_dir():
+        for p in discover(Path(models_dir).expanduser()).get("embedding", []):
+            names.setdefault(p.stem.lower(), p.stem)
+    return names
 
 
 def plan_command(schedule_file: Path, flags: dict, as_json: bool = False, echo=print):
@@ -240,7 +281,10 @@ def plan_command(schedule_file: Path, flags: dict, as_json: bool = False, echo=p
     for k in t["keyframes"]:
         echo(f"  frame {k['frame']:>4} (key {k['key']}): {k['prompt']!r}"
              + (f"  negative: {k['negative_prompt']!r}" if k["negative_prompt"] else ""))
-    names = list(t["rows"][0]["params"])
+        if k["embeddings"] or k["negative_embeddings"]:
+            echo("             embeddings: " + ", ".join(k["embeddings"] or ["-"])
+                 + (f"; in the negative: {', '.join(k['negative_embeddings'])}" if k["negative_embeddings"] else ""))
+    names = list(t["rows"][0]["params"])  # the travelled parameters
     varying = [p for p in names if len({r["params"][p] for r in t["rows"]}) > 1]
     steady = [f"{p} {t['rows'][0]['params'][p]:g}" for p in names if p not in varying]
     echo("  constant: " + ", ".join(steady))

@@ -128,20 +128,35 @@ def model_options(f):
                                                      "default: auto]"),
         click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
                      help="Weights' precision.  [default: float16 on GPU, float32 on CPU]"),
+        click.option("--vae", metavar="PATH|ID|NAME",
+                     help="A VAE to decode (and encode) with: an SD1.5 VAE file (vae-ft-mse-840000-ema-pruned), "
+                          "a diffusers folder or HF cache id, or TAESD (taesd_decoder.pth, 'taesd' in "
+                          "--models-dir) for speed.  [default: the base model's own]"),
+        click.option("--embedding", "embeddings", multiple=True, metavar="PATH",
+                     help="A textual-inversion embedding (.pt, .safetensors), named in prompts by its file name "
+                          "(BadDream) or as embedding:BadDream; repeatable. --models-dir's embeddings are found too."),
+        click.option("--clip-skip", type=click.IntRange(1, 12),
+                     help="Text encoder layers to skip, A1111's way: 2 = the penultimate layer.  [default: 1]"),
+        click.option("--sampler", type=click.Choice(["lcm", "tcd"]),
+                     help="lcm (LCMScheduler) or tcd (TCDScheduler, for TCD-LoRA or the LCM-LoRA).  [default: lcm]"),
+        click.option("--gamma", type=click.FloatRange(0, 1),
+                     help="--sampler tcd's stochasticity; 0 adds no fresh noise between steps.  [default: 0.3]"),
     ]
     for o in reversed(opts):
         f = o(f)
     return f
 
 
-def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_dir, device, dtype) -> dict:
+def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_dir, device, dtype, vae=None,
+                embeddings=(), clip_skip=None, sampler=None, gamma=None) -> dict:
     import os
 
     from .schedule import parse_lora
 
     return dict(base=base, motion=motion, lcm_lora=lcm_lora, lcm_lora_scale=lcm_lora_scale,
                 loras=tuple(parse_lora(x) for x in loras), fuse=False if no_fuse else None,
-                models_dir=models_dir, device=device or os.environ.get("LCMVIDEO_DEVICE") or None, dtype=dtype)
+                models_dir=models_dir, device=device or os.environ.get("LCMVIDEO_DEVICE") or None, dtype=dtype,
+                vae=vae, embeddings=tuple(embeddings), clip_skip=clip_skip, sampler=sampler, gamma=gamma)
 
 
 @cli.command(context_settings=CONTEXT)

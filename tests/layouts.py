@@ -14,6 +14,12 @@ project's loaders can be tested on every path without downloading real weights.
   kohya LoRA          inverse of diffusers' _convert_non_diffusers_lora_to_diffusers for
                       diffusers-named modules (lcm-lora-sdv1-5, most civitai SD1.5 LoRAs)
   ControlNet          inverse of convert_controlnet_checkpoint (control_v11p_sd15_*.pth)
+  VAE single file     vae_to_ldm without (or with) the checkpoint's prefix: vae-ft-mse-840000-ema-pruned
+                      .safetensors (flat) and .ckpt ({"state_dict": ...}, or flat)
+  TAESD               inverse of diffusers' scripts/convert_tiny_autoencoder_to_diffusers.py:
+                      madebyollin's taesd_decoder.pth / taesd_encoder.pth (an nn.Sequential each)
+  textual inversion   A1111's .pt ({"string_to_param": {"*": vectors}, "name", "step", ...}) and
+                      .safetensors ({"emb_params": vectors})
 """
 
 from __future__ import annotations
@@ -398,3 +404,70 @@ def write_controlnet_ldm(controlnet_dir, path) -> Path:
 
     cn = ControlNetModel.from_pretrained(controlnet_dir, local_files_only=True)
     return save_weights(controlnet_to_ldm(cn.state_dict(), dict(cn.config)), path)
+
+
+# ---------------------------------------------------------------- standalone VAE (vae-ft-mse-840000-ema-pruned)
+
+
+def write_vae_single_file(vae, path, *, prefix: str = "", wrap: bool = True) -> Path:
+    """An AutoencoderKL (model or diffusers folder) as the original VAE file users download: LDM keys
+    `encoder.*`, `decoder.*`, `quant_conv.*`, `post_quant_conv.*`, with `prefix` (e.g. first_stage_model.)
+    or none; .ckpt/.pt wrapped in {"state_dict": ...} unless wrap=False."""
+    from diffusers import AutoencoderKL
+
+    if not isinstance(vae, AutoencoderKL):
+        vae = AutoencoderKL.from_pretrained(vae, local_files_only=True)
+    sd = {prefix + k[len(LDM_VAE_PREFIX):]: v for k, v in vae_to_ldm(vae.state_dict(), dict(vae.config)).items()}
+    return save_weights(sd, path, wrap=wrap)
+
+
+# ---------------------------------------------------------------- TAESD (madebyollin/taesd)
+
+
+def taesd_to_original(sd: dict) -> tuple[dict, dict]:
+    """AutoencoderTiny state dict -> (taesd_encoder, taesd_decoder) state dicts: encoder layer i stays
+    i; decoder layer i becomes i + 1 (the original decoder's layer 0 is a parameterless clamp)."""
+    enc, dec = {}, {}
+    for k, v in sd.items():
+        side, _, i, rest = k.split(".", 3)  # encoder|decoder . layers . i . rest
+        if side == "encoder":
+            enc[f"{i}.{rest}"] = v
+        else:
+            dec[f"{int(i) + 1}.{rest}"] = v
+    return _plain(enc), _plain(dec)
+
+
+def tiny_taesd(seed: int = 0, width: int = 8):
+    """A small AutoencoderTiny in TAESD's layout (TAESD's block counts, `width` channels), random weights."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    return AutoencoderTiny(encoder_block_out_channels=(width,) * 4, decoder_block_out_channels=(width,) * 4)
+
+
+def write_taesd(model, folder, name: str = "taesd", ext: str = ".pth", encoder: bool = True) -> Path:
+    """`name`_decoder`ext` (and `name`_encoder`ext`) in `folder`, as madebyollin/taesd ships them;
+    returns the decoder's path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    enc, dec = taesd_to_original(model.state_dict())
+    if encoder:
+        save_weights(enc, folder / f"{name}_encoder{ext}", wrap=False)
+    return save_weights(dec, folder / f"{name}_decoder{ext}", wrap=False)
+
+
+# ---------------------------------------------------------------- textual inversion (A1111)
+
+
+def write_a1111_embedding(vectors: torch.Tensor, path, name: str | None = None) -> Path:
+    """(n, width) vectors as an A1111 embedding: .pt as A1111's trainer saves it, .safetensors as
+    `emb_params` (what A1111 writes and most downloads are)."""
+    path = Path(path)
+    vectors = vectors.detach().clone().contiguous()
+    if path.suffix == ".safetensors":
+        save_file({"emb_params": vectors}, str(path))
+    else:
+        torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vectors},
+                    "name": name or path.stem, "step": 1000, "sd_checkpoint": "0123456789",
+                    "sd_checkpoint_name": "sd15"}, path)
+    return path

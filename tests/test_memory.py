@@ -6,41 +6,15 @@ import json
 import subprocess
 import sys
 
+import layouts
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-import layouts
 from lcmvideo import models
 from lcmvideo.cli import cli
 from lcmvideo.schedule import ModelPaths
-
-INITS = ["uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
-         "xavier_normal_", "orthogonal_", "constant_", "zeros_", "ones_"]
-
-
-@pytest.fixture
-def real_inits(monkeypatch):
-    """Records every initialisation of a real (not meta) tensor: torch.nn.init's and Tensor's own."""
-    seen = []
-
-    def spy(owner, name):
-        real = getattr(owner, name)
-
-        def recorded(*a, **k):
-            t = a[0] if a else k.get("self", k.get("tensor"))
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                seen.append((name, tuple(t.shape)))
-            return real(*a, **k)
-
-        monkeypatch.setattr(owner, name, recorded)
-
-    for name in INITS:
-        spy(torch.nn.init, name)
-    for name in ("normal_", "uniform_"):
-        spy(torch.Tensor, name)
-    return seen
 
 
 @pytest.fixture(scope="module")

@@ -267,10 +267,12 @@ def test_import_prompt_travel_json(tmp_path):
     assert (s.head, s.tail, s.negative_prompt, s.seed, s.steps, s.guidance, s.fps, s.format, s.frames) == (
         "masterpiece", "detailed background", "worst quality", 341774366206100, 8, 1.5, 8, "gif", 80)
     assert [(r.path, r.weight) for r in s.models.loras] == [("share/Lora/muffet.safetensors", 0.8)]
+    assert s.models.clip_skip == 2
     notes = "\n".join(s.warnings)
-    for lost in ("scheduler 'k_dpmpp_sde' not carried over", "clip_skip 2", "controlnet_map not carried over",
+    for lost in ("scheduler 'k_dpmpp_sde' not carried over", "controlnet_map not carried over",
                  "frames: not in this format"):
         assert lost in notes
+    assert "clip_skip" not in notes
 
 
 def test_import_a1111_prompt_box(tmp_path):

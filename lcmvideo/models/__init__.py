@@ -5,7 +5,7 @@ pipeline. Importing this package loads neither torch nor diffusers; `load` does.
 
 from .hashes import describe, sha256_prefix
 from .identify import Sniffed, classify, sniff
-from .loader import Models, file_stamp, load, torch_dtype
+from .loader import Embedding, Models, file_stamp, load, make_scheduler, read_embedding, retune, torch_dtype
 from .locate import (
                       MODEL_FOLDERS,
                       ModelRef,
@@ -19,7 +19,8 @@ from .locate import (
 from .weights import WEIGHT_EXTS, load_state_dict, safetensors_shapes
 
 __all__ = [
-    "MODEL_FOLDERS", "WEIGHT_EXTS", "ModelRef", "ModelSpec", "Models", "Sniffed", "classify", "describe",
-    "discover", "file_stamp", "hf_cache_snapshot", "load", "load_state_dict", "pick_device", "resolve",
-    "resolve_controlnet", "safetensors_shapes", "sha256_prefix", "sniff", "torch_dtype",
+    "MODEL_FOLDERS", "WEIGHT_EXTS", "Embedding", "ModelRef", "ModelSpec", "Models", "Sniffed", "classify",
+    "describe", "discover", "file_stamp", "hf_cache_snapshot", "load", "load_state_dict", "make_scheduler",
+    "pick_device", "read_embedding", "resolve", "resolve_controlnet", "retune", "safetensors_shapes",
+    "sha256_prefix", "sniff", "torch_dtype",
 ]

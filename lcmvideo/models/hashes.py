@@ -41,8 +41,9 @@ def sha256_prefix(path: Path, n: int = 12) -> str:
     return db[key][:n]
 
 
-def describe(spec: ModelSpec) -> dict:
-    """What the sidecar records about the models: enough to find the same files again."""
+def describe(spec: ModelSpec, embeddings_used: list[str] | None = None) -> dict:
+    """What the sidecar records about the models: enough to find the same files again; which VAE
+    decoded; the embeddings the prompts used (lower-case names, text.embeddings_in)."""
     out = {}
     for ref in spec.refs():
         name = ref.role if ref.role != "lora" else f"lora:{ref.given}"
@@ -53,6 +54,16 @@ def describe(spec: ModelSpec) -> dict:
                      "sha256": sha256_prefix(ref.path), "source": ref.source}
         if ref.role == "lora":
             out[name]["weight"] = ref.weight
+        if ref.role == "vae":
+            out[name]["decoder"] = "TAESD" if ref.sniffed.detail.get("decoder") == "taesd" else "AutoencoderKL"
+    if spec.vae is None:
+        out["vae"] = {"path": None, "source": "the base model's own", "decoder": "AutoencoderKL"}
+    used = set(embeddings_used or ())
+    out["embeddings"] = [{"name": r.key, "path": str(r.path), "sha256": sha256_prefix(r.path), "source": r.source}
+                         for r in spec.embeddings if r.key.lower() in used]
+    out["clip_skip"], out["sampler"] = spec.clip_skip, spec.sampler
+    if spec.sampler == "tcd":
+        out["gamma"] = spec.gamma
     out["device"], out["dtype"], out["fused"] = spec.device, spec.dtype, spec.fuse
     if spec.embedded:
         out["embedded"] = embedded.version()

@@ -7,15 +7,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import usage
-from .weights import WEIGHT_EXTS, read_json, shapes
+from .weights import WEIGHT_EXTS, read_json, safetensors_header, shapes
 
 FAMILY_BY_CONTEXT = {768: "SD1.5", 1024: "SD2.x", 2048: "SDXL"}
+SD15_VAE_SCALING = 0.18215  # SD1.x/2.x's VAE (diffusers' LDM_VAE_DEFAULT_SCALING_FACTOR); SDXL's is 0.13025
+# An SDXL VAE has exactly SD1.5's tensors (same architecture, other weights), so a lone file can be told
+# apart only by what it says of itself: its name (sdxl_vae, sdxl-vae-fp16-fix, taesdxl) or its metadata.
+SDXL_NAME = re.compile(r"sd[_-]?xl", re.IGNORECASE)
+LDM_VAE_PREFIXES = ("first_stage_model.", "vae.")
 
 
 @dataclass
 class Sniffed:
-    kind: str  # base | motion | lora | controlnet
-    layout: str  # diffusers | ldm | animatediff-original | kohya | peft
+    kind: str  # base | motion | lora | controlnet | vae | embedding
+    layout: str  # diffusers | ldm | animatediff-original | kohya | peft | taesd | a1111
     family: str  # SD1.5 | SD2.x | SDXL | SD1.5-structured (tiny) ...
     file: Path  # the file or folder to load
     detail: dict = field(default_factory=dict)
@@ -35,8 +40,69 @@ def _family(ctx: int | None) -> str:
     return FAMILY_BY_CONTEXT.get(ctx, f"SD1.5-structured (cross-attention {ctx})")
 
 
-def classify(shapes: dict[str, list[int]], path: Path) -> Sniffed:
-    """Tell a model's kind, layout and family from its tensor names and shapes."""
+def _vae_family(latent_channels: int, says_sdxl: bool) -> str:
+    if latent_channels != 4:
+        return f"SD3/Flux ({latent_channels} latent channels)"
+    return "SDXL" if says_sdxl else "SD1.5"
+
+
+def _unprefixed(keys: list[str]) -> tuple[str, list[str]]:
+    """A VAE file's keys without the checkpoint prefix some carry (first_stage_model., vae.)."""
+    for prefix in LDM_VAE_PREFIXES:
+        if keys and all(k.startswith(prefix) for k in keys):
+            return prefix, [k[len(prefix):] for k in keys]
+    return "", keys
+
+
+TAESD_KEY = re.compile(r"(?:(encoder|decoder)\.layers\.)?(\d+)\.(?:conv\.\d+\.|skip\.|pool\.\d+\.)?(weight|bias)")
+
+
+def _taesd(shapes: dict, path: Path, says_sdxl: bool) -> Sniffed | None:
+    """madebyollin's taesd_decoder/taesd_encoder files (an nn.Sequential's state dict: 1.weight,
+    3.conv.0.weight, ...), or an AutoencoderTiny's own (encoder.layers.*, decoder.layers.*)."""
+    if not shapes or not all(TAESD_KEY.fullmatch(k) for k in shapes):
+        return None
+    if any(k.startswith(("encoder.layers.", "decoder.layers.")) for k in shapes):
+        first = shapes.get("decoder.layers.0.weight")
+        if not first:
+            return None
+        return Sniffed("vae", "diffusers", _vae_family(first[1], says_sdxl), path,
+                       {"decoder": "taesd", "whole": True, "latent_channels": first[1]})
+    dec, enc = shapes.get("1.weight"), shapes.get("0.weight")
+    if dec and len(dec) == 4 and "0.weight" not in shapes:  # the decoder starts with a clamp, then conv(4, 64)
+        return Sniffed("vae", "taesd", _vae_family(dec[1], says_sdxl), path,
+                       {"decoder": "taesd", "part": "decoder", "latent_channels": dec[1]})
+    if enc and len(enc) == 4 and enc[1] == 3:  # the encoder starts with conv(3, 64)
+        last = shapes[max((k for k in shapes if k.endswith(".weight") and k.count(".") == 1),
+                          key=lambda k: int(k.split(".")[0]))]
+        return Sniffed("vae", "taesd", _vae_family(last[0], says_sdxl), path,
+                       {"decoder": "taesd", "part": "encoder", "latent_channels": last[0]})
+    return None
+
+
+def _embedding(shapes: dict, path: Path) -> Sniffed | None:
+    """Textual inversion: A1111 .pt (string_to_param.*), A1111 .safetensors (emb_params), diffusers'
+    learned_embeds (one token: one tensor); SDXL's have clip_l/clip_g."""
+    keys = set(shapes)
+    if {"clip_l", "clip_g"} & keys:
+        return Sniffed("embedding", "a1111", "SDXL", path)
+    if "string_to_param.*" in keys:
+        s, layout = shapes["string_to_param.*"], "a1111"
+    elif keys == {"emb_params"}:
+        s, layout = shapes["emb_params"], "a1111"
+    elif len(keys) == 1 and "." not in next(iter(keys)) and len(next(iter(shapes.values()))) in (1, 2) \
+            and next(iter(shapes.values()))[-1] >= 64:  # diffusers' learned_embeds: {"<token>": vectors}
+        s, layout = next(iter(shapes.values())), "diffusers"
+    else:
+        return None
+    width = s[-1]
+    fam = {768: "SD1.5", 1024: "SD2.x"}.get(width, f"SD1.5-structured (width {width})")
+    return Sniffed("embedding", layout, fam, path, {"vectors": s[0] if len(s) == 2 else 1, "width": width})
+
+
+def classify(shapes: dict[str, list[int]], path: Path, metadata: dict | None = None) -> Sniffed:
+    """Tell a model's kind, layout and family from its tensor names and shapes (and, for a VAE,
+    what its name and metadata say)."""
     keys = list(shapes)
 
     def has(prefix):
@@ -72,8 +138,25 @@ def classify(shapes: dict[str, list[int]], path: Path) -> Sniffed:
             return Sniffed("lora", "peft", "SDXL", path)
         ctx = _context_dim(shapes, r"attn2\.(processor\.)?to_k(_lora)?\.(lora_A|lora\.down|down)\.weight$", 1)
         return Sniffed("lora", "peft", _family(ctx), path)
+    named = bool(SDXL_NAME.search(Path(path).name))
+    says_sdxl = named or any(SDXL_NAME.search(str(v)) for k, v in (metadata or {}).items() if k.startswith("modelspec."))
+    because = {"because": "its name says SDXL" if named else "its metadata says SDXL"} if says_sdxl else {}
+    prefix, bare = _unprefixed(keys)
+    if {"decoder.conv_in.weight", "post_quant_conv.weight"} <= set(bare) or \
+            {"encoder.conv_in.weight", "quant_conv.weight"} <= set(bare):
+        z = shapes.get(prefix + "decoder.conv_in.weight", [0, 4])[1]
+        layout = "diffusers" if any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in bare) \
+            else "ldm"
+        enc, dec = shapes.get(prefix + "encoder.conv_in.weight"), shapes.get(prefix + "decoder.conv_out.weight")
+        return Sniffed("vae", layout, _vae_family(z, says_sdxl), path,
+                       {"decoder": "kl", "prefix": prefix, "latent_channels": z,
+                        "channels": enc[0] if enc else dec[1] if dec else None, **because})
+    for found in (_taesd(shapes, path, says_sdxl), _embedding(shapes, path)):
+        if found is not None:
+            found.detail.update(because if found.kind == "vae" else {})
+            return found
     raise usage(f"{path}: not a model lcmvideo recognises (found no SD1.5 UNet, AnimateDiff motion module, "
-                "LoRA or ControlNet tensors)")
+                "LoRA, ControlNet, VAE or textual-inversion tensors)")
 
 
 def sniff(path: Path) -> Sniffed:
@@ -97,6 +180,8 @@ def sniff(path: Path) -> Sniffed:
                 return Sniffed("motion", "diffusers", fam, path, {"config": cfg})
             if cls == "ControlNetModel":
                 return Sniffed("controlnet", "diffusers", _family(cfg.get("cross_attention_dim")), path, {"config": cfg})
+            if cls in ("AutoencoderKL", "AutoencoderTiny"):
+                return _vae_folder(path, cfg)
         loras = sorted(path.glob("*lora*.safetensors")) or sorted(path.glob("*.safetensors"))
         if len(loras) == 1:
             return sniff(loras[0])
@@ -106,4 +191,34 @@ def sniff(path: Path) -> Sniffed:
         raise usage(f"{path}: no such file or folder")
     if path.suffix.lower() not in WEIGHT_EXTS:
         raise usage(f"{path}: expected a {'/'.join(WEIGHT_EXTS)} weights file or a diffusers folder")
+    if path.suffix == ".safetensors":
+        tensors, metadata = safetensors_header(path)
+        return classify(tensors, path, metadata)
     return classify(shapes(path), path)
+
+
+def _repo_name(path: Path) -> str:
+    """A folder's own name, or the hub id it was cached under (models--madebyollin--taesdxl/snapshots/<commit>)."""
+    parts = path.resolve().parts
+    hub = next((p for p in reversed(parts) if p.startswith("models--")), None)
+    return hub or path.name
+
+
+def _vae_folder(path: Path, cfg: dict) -> Sniffed:
+    """A diffusers AutoencoderKL or AutoencoderTiny folder. SD1.5's VAE configs say scaling_factor
+    0.18215 (or nothing: the default), SDXL's 0.13025; TAESD's and TAESDXL's configs are the same,
+    so for those the folder's (or hub id's) name tells."""
+    z = cfg.get("latent_channels", 4)
+    named = bool(SDXL_NAME.search(_repo_name(path)))
+    if cfg["_class_name"] == "AutoencoderTiny":
+        return Sniffed("vae", "diffusers", _vae_family(z, named), path,
+                       {"decoder": "taesd", "whole": True, "config": cfg, "latent_channels": z,
+                        **({"because": "its name says SDXL"} if named else {})})
+    scale = cfg.get("scaling_factor", SD15_VAE_SCALING)
+    xl_scale = abs(scale - 0.13025) < 1e-6
+    fam = _vae_family(z, xl_scale or named)
+    if fam == "SD1.5" and abs(scale - SD15_VAE_SCALING) > 1e-6:
+        fam = f"unknown (scaling_factor {scale:g}, SD1.5's is {SD15_VAE_SCALING})"
+    because = "its config's scaling_factor is SDXL's 0.13025" if xl_scale else "its name says SDXL" if named else None
+    return Sniffed("vae", "diffusers", fam, path, {"decoder": "kl", "config": cfg, "latent_channels": z,
+                                                  **({"because": because} if because else {})})

@@ -4,8 +4,10 @@ Every module is built on the meta device and given its weights with `load_state_
 nothing is randomly initialised only to be overwritten, each file is read once, each tensor is
 converted once, straight to the run's dtype and device, and the motion UNet is assembled from the
 base UNet's and the motion module's tensors without copying them. A Session that changes only the
-LoRAs or the motion module keeps the rest: LoRAs are unfused from the weights they were fused into,
-and a new motion module is assembled around the same base tensors.
+LoRAs, the motion module, the VAE or the embeddings keeps the rest: LoRAs are unfused from the weights
+they were fused into, a new motion module is assembled around the same base tensors, a VAE is read
+alone (the base's own VAE from its part of the base file), and textual-inversion vectors sit in a
+small table beside the text encoder's token embedding, which is not copied.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ class Models:
     unet2d_config: dict | None = None  # the base UNet's own config, for a 2D view of the motion UNet
     views: dict = field(default_factory=dict)  # derived pipelines built once (see img2img.unet2d)
     shared_noise: float = 0.0  # the motion module's own default for Settings.shared_noise
-    keys: dict = field(default_factory=dict)  # base/motion -> the files and run settings they came from
+    keys: dict = field(default_factory=dict)  # base/motion/vae -> the files and run settings they came from
     fused: bool = False  # LoRAs merged into the weights (with their adapters kept, to unfuse for reuse)
+    embeddings: dict = field(default_factory=dict)  # lower-case name -> Embedding (token ids in the text encoder)
 
     def controlnet(self, ref: ModelRef):
         """A ControlNet on the pipeline's device and dtype, loaded once per path."""
@@ -61,6 +64,35 @@ class Models:
         return p.unet.config.sample_size * p.vae_scale_factor
 
 
+@dataclass
+class Embedding:
+    """A textual-inversion embedding as the text encoder holds it: one token id per vector."""
+
+    name: str  # as written in prompts (the file's stem)
+    ids: list[int]
+    path: Path
+
+
+SCHEDULERS = {"lcm": "LCMScheduler", "tcd": "TCDScheduler"}
+
+
+def make_scheduler(sampler: str, config):
+    """The sampler's diffusers scheduler from a scheduler config (the two share LCM's settings)."""
+    import diffusers
+
+    return getattr(diffusers, SCHEDULERS[sampler]).from_config(config)
+
+
+def retune(models: Models, spec: ModelSpec) -> Models:
+    """Take the settings a loaded set changes without loading (clip skip, sampler, gamma, lcm_map)."""
+    for k in ("clip_skip", "gamma", "lcm_map"):
+        setattr(models.spec, k, getattr(spec, k))
+    if spec.sampler != models.spec.sampler:
+        models.spec.sampler = spec.sampler
+        models.pipe.scheduler = make_scheduler(spec.sampler, models.pipe.scheduler.config)
+    return models
+
+
 def torch_dtype(name: str):
     import torch
 
@@ -69,13 +101,15 @@ def torch_dtype(name: str):
 
 def _single_file_config(channels: int, path: Path, kind: str) -> Path:
     """The shipped SD1.5 configs or the embedded tiny family's, whichever has these base channels."""
-    sd15, small, config = ((SD15_CONFIG, embedded.ensure(), "unet/config.json") if kind == "base"
-                           else (CONTROLNET_SD15_CONFIG, embedded.ensure() / "controlnet", "config.json"))
+    sd15, small, config = {"base": (SD15_CONFIG, embedded.ensure(), "unet/config.json"),
+                           "vae": (SD15_CONFIG, embedded.ensure(), "vae/config.json"),
+                           "controlnet": (CONTROLNET_SD15_CONFIG, embedded.ensure() / "controlnet", "config.json")}[kind]
     for candidate in (sd15, small):
         if read_json(candidate / config)["block_out_channels"][0] == channels:
             return candidate
-    what = "an SD1.5-layout checkpoint" if kind == "base" else "a ControlNet"
-    raise usage(f"{path}: {what} with {channels} base channels; only the SD1.5 architecture (320) is supported")
+    what = {"base": "an SD1.5-layout checkpoint", "vae": "a VAE", "controlnet": "a ControlNet"}[kind]
+    full = {"base": 320, "vae": 128, "controlnet": 320}[kind]
+    raise usage(f"{path}: {what} with {channels} base channels; only the SD1.5 architecture ({full}) is supported")
 
 
 def _ldm_config_dir(sd: dict, path: Path) -> Path:
@@ -143,9 +177,9 @@ def _text_encoder(config_dir: Path, sd: dict, path: Path, dtype, device):
     return text_encoder.eval()
 
 
-def _load_base(ref: ModelRef, dtype, device):
-    """(2D UNet config, its state dict on the device, VAE, text encoder, tokenizer) of a base model."""
-    from diffusers import AutoencoderKL
+def _load_base(ref: ModelRef, dtype, device, with_vae: bool = True):
+    """(2D UNet config, its state dict on the device, VAE or None, text encoder, tokenizer) of a base
+    model; without `with_vae` (another VAE was named) the base's own VAE is not built."""
     from transformers import CLIPTextModel
 
     from .tokenizer import load_tokenizer
@@ -154,9 +188,8 @@ def _load_base(ref: ModelRef, dtype, device):
     if ref.sniffed.layout == "diffusers":
         config = read_json(path / "unet" / "config.json")
         unet_sd = _on(load_state_dict(_weights_file(path / "unet")), dtype, device)
-        kw = dict(torch_dtype=dtype, local_files_only=True, variant=_variant(path / "vae"))
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kw).to(device)
-        kw["variant"] = _variant(path / "text_encoder")
+        vae = _base_vae(ref, dtype, device) if with_vae else None
+        kw = dict(torch_dtype=dtype, local_files_only=True, variant=_variant(path / "text_encoder"))
         text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw).to(device)
         return config, unet_sd, vae, text_encoder, load_tokenizer()
 
@@ -166,13 +199,198 @@ def _load_base(ref: ModelRef, dtype, device):
     config_dir = _ldm_config_dir(sd, path)
     config = read_json(config_dir / "unet" / "config.json")
     unet_sd = _on(convert_ldm_unet_checkpoint(_take(sd, "model.diffusion_model."), config), dtype, device)
-    vae = AutoencoderKL.from_single_file(_take(sd, "first_stage_model."), config=str(config_dir), subfolder="vae",
-                                         local_files_only=True, torch_dtype=dtype)
-    hole = next((n for n, p in vae.named_parameters() if p.device.type == "meta"), None)
-    if hole:  # diffusers leaves missing weights on 'meta', silently
-        raise usage(f"{path}: the VAE is incomplete (no weights for {hole})")
+    vae_sd = _take(sd, "first_stage_model.")
+    vae = _vae_from_ldm(vae_sd, config_dir, path, dtype, device) if with_vae else None
+    del vae_sd
     text_encoder = _text_encoder(config_dir, convert_ldm_clip_checkpoint(sd), path, dtype, device)
-    return config, unet_sd, vae.to(device), text_encoder, load_tokenizer()
+    return config, unet_sd, vae, text_encoder, load_tokenizer()
+
+
+def _meta_model(cls, config: dict, sd: dict, path: Path, what: str, dtype, device, optional: tuple = ()):
+    """A diffusers model built on the meta device and given `sd` (converted once to dtype/device)."""
+    import torch
+
+    with torch.device("meta"):
+        model = cls.from_config(config)
+    missing, unexpected = model.load_state_dict(_on(sd, dtype, device), strict=False, assign=True)
+    missing = [k for k in missing if not k.startswith(optional)]
+    if missing or unexpected:
+        raise usage(f"{path}: {what} does not match its layout ({'missing' if missing else 'unexpected'} "
+                    f"{(missing or unexpected)[0]} and {len(missing or unexpected) - 1} more)")
+    return model.eval()
+
+
+def _config(path: Path) -> dict:
+    return {k: v for k, v in read_json(path).items() if not k.startswith("_")}
+
+
+def _vae_from_ldm(sd: dict, config_dir: Path, path: Path, dtype, device):
+    """AutoencoderKL from original (LDM) VAE tensors, with or without a first_stage_model./vae. prefix
+    (diffusers' convert_ldm_vae_checkpoint: the mid-block attention's 1x1 convs become linear)."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    cfg = _config(config_dir / "vae" / "config.json")
+    return _meta_model(AutoencoderKL, cfg, convert_ldm_vae_checkpoint(sd, cfg), path, "the VAE", dtype, device)
+
+
+def _base_vae(ref: ModelRef, dtype, device):
+    """The base model's own VAE, read alone: its diffusers folder's vae/, or the first_stage_model.
+    tensors of its single file (only those are read from a .safetensors)."""
+    from diffusers import AutoencoderKL
+
+    path = ref.path
+    if ref.sniffed.layout == "diffusers":
+        return _meta_model(AutoencoderKL, _config(path / "vae" / "config.json"),
+                           load_state_dict(_weights_file(path / "vae")), path / "vae", "the VAE", dtype, device)
+    sd = _read_prefixed(path, "first_stage_model.")
+    conv_in = sd.get("first_stage_model.encoder.conv_in.weight")
+    return _vae_from_ldm(sd, _single_file_config(0 if conv_in is None else conv_in.shape[0], path, "vae"), path,
+                         dtype, device)
+
+
+def _read_prefixed(path: Path, prefix: str) -> dict:
+    """The tensors of a weights file under `prefix`; from a .safetensors, only those are read."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+    return _take(load_state_dict(path), prefix)
+
+
+TAESD_CONFIG = dict(in_channels=3, out_channels=3, act_fn="relu", upsample_fn="nearest",
+                    num_encoder_blocks=(1, 3, 3, 3), num_decoder_blocks=(3, 3, 3, 1), latent_magnitude=3,
+                    latent_shift=0.5, upsampling_scaling_factor=2, scaling_factor=1.0)
+
+
+def taesd_to_diffusers(encoder: dict | None, decoder: dict) -> dict:
+    """madebyollin's taesd_encoder/taesd_decoder state dicts -> AutoencoderTiny's (as diffusers'
+    scripts/convert_tiny_autoencoder_to_diffusers.py): encoder layer i stays i, decoder layer i is
+    i - 1 (the original's layer 0 is the clamp, which AutoencoderTiny applies in forward)."""
+    out = {f"encoder.layers.{k}": v for k, v in (encoder or {}).items()}
+    for k, v in decoder.items():
+        i, rest = k.split(".", 1)
+        out[f"decoder.layers.{int(i) - 1}.{rest}"] = v
+    return out
+
+
+def _load_vae(ref: ModelRef, dtype, device):
+    """The VAE named with --vae: AutoencoderKL (original single file, diffusers folder or file) or
+    AutoencoderTiny (TAESD: a diffusers folder or file, or madebyollin's decoder/encoder pair). A TAESD
+    without its encoder decodes only; encoding (restyle, live) then says what is missing."""
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    s, path = ref.sniffed, ref.path
+    if s.detail.get("decoder") == "kl":
+        if path.is_dir():
+            return _meta_model(AutoencoderKL, _config(path / "config.json"), load_state_dict(_weights_file(path)),
+                               path, "the VAE", dtype, device)
+        sd = load_state_dict(path)
+        config_dir = _single_file_config(s.detail.get("channels") or 0, path, "vae")
+        if s.layout == "diffusers":  # a lone diffusers-layout file: the config that fits it
+            n = len(s.detail.get("prefix", ""))
+            return _meta_model(AutoencoderKL, _config(config_dir / "vae" / "config.json"),
+                               {k[n:]: v for k, v in sd.items()}, path, "the VAE", dtype, device)
+        return _vae_from_ldm(sd, config_dir, path, dtype, device)
+    if path.is_dir():
+        return _meta_model(AutoencoderTiny, _config(path / "config.json"), load_state_dict(_weights_file(path)),
+                           path, "TAESD", dtype, device)
+    if s.layout == "taesd":
+        encoder_file = s.detail.get("encoder_file")
+        sd = taesd_to_diffusers(load_state_dict(encoder_file) if encoder_file else None, load_state_dict(path))
+    else:
+        sd = load_state_dict(path)
+    first = sd["decoder.layers.0.weight"]
+    cfg = dict(TAESD_CONFIG, latent_channels=first.shape[1], encoder_block_out_channels=(first.shape[0],) * 4,
+               decoder_block_out_channels=(first.shape[0],) * 4)
+    has_encoder = any(k.startswith("encoder.") for k in sd)
+    vae = _meta_model(AutoencoderTiny, cfg, sd, path, "TAESD", dtype, device,
+                      optional=() if has_encoder else ("encoder.",))
+    if not has_encoder:
+        vae.encoder = None  # decoding only; pipeline.decode.encode says what is missing
+    return vae
+
+
+_TOKEN_EMBEDDING = None
+
+
+def _token_embedding_class():
+    """nn.Embedding whose ids past the vocabulary read a small table of textual-inversion vectors:
+    the vocabulary's weight is the text encoder's own (shared, not copied) and the table is a
+    non-persistent buffer, so the text encoder's state dict is unchanged."""
+    global _TOKEN_EMBEDDING
+    if _TOKEN_EMBEDDING is None:
+        import torch
+
+        class TokenEmbedding(torch.nn.Embedding):
+            def __init__(self, base, extra):
+                torch.nn.Module.__init__(self)
+                self.base_rows, self.embedding_dim = base.num_embeddings, base.embedding_dim
+                self.num_embeddings = base.num_embeddings + extra.shape[0]
+                self.padding_idx, self.max_norm, self.norm_type = base.padding_idx, None, 2.0
+                self.scale_grad_by_freq, self.sparse = False, False
+                self.weight = base.weight
+                self.register_buffer("extra", extra, persistent=False)
+
+            def forward(self, ids):
+                n = self.base_rows
+                if not bool((ids >= n).any()):
+                    return torch.nn.functional.embedding(ids, self.weight)
+                plain = torch.nn.functional.embedding(ids.clamp(max=n - 1), self.weight)
+                added = torch.nn.functional.embedding((ids - n).clamp(min=0), self.extra.to(plain.dtype))
+                return torch.where((ids >= n)[..., None], added, plain)
+
+            def plain(self):
+                base = torch.nn.Embedding(self.base_rows, self.embedding_dim, padding_idx=self.padding_idx,
+                                          device="meta")
+                base.weight = self.weight
+                return base
+
+        _TOKEN_EMBEDDING = TokenEmbedding
+    return _TOKEN_EMBEDDING
+
+
+def read_embedding(path: Path):
+    """(vectors, width) of a textual-inversion file: A1111 .pt (string_to_param["*"], read with
+    weights_only=True), A1111 .safetensors (emb_params), or diffusers' learned_embeds (one token)."""
+    sd = load_state_dict(Path(path))
+    for key in ("string_to_param.*", "emb_params"):
+        if key in sd:
+            v = sd[key]
+            break
+    else:
+        if len(sd) != 1:
+            raise usage(f"{path}: not a textual-inversion embedding (expected string_to_param or emb_params)")
+        v = next(iter(sd.values()))
+    v = v.detach()
+    return v[None] if v.ndim == 1 else v.reshape(-1, v.shape[-1])
+
+
+def _apply_embeddings(text_encoder, refs: list[ModelRef], dtype, device) -> dict:
+    """Put the embeddings' vectors after the vocabulary (replacing those of a previous set);
+    returns lower-case name -> Embedding."""
+    import torch
+
+    cls = _token_embedding_class()
+    current = text_encoder.get_input_embeddings()
+    base = current.plain() if isinstance(current, cls) else current
+    rows, table = [], {}
+    for ref in refs:
+        v = read_embedding(ref.path)
+        if v.shape[-1] != base.embedding_dim:
+            raise usage(f"{ref.path}: an embedding {v.shape[-1]} wide; this base model's text encoder is "
+                        f"{base.embedding_dim} wide (an embedding for another model family)")
+        first = base.num_embeddings + sum(len(r) for r in rows)
+        table[ref.key.lower()] = Embedding(ref.key, list(range(first, first + len(v))), ref.path)
+        rows.append(v)
+    if rows:
+        with torch.no_grad():
+            extra = torch.cat([r.to(device=device, dtype=dtype) for r in rows])
+        text_encoder.set_input_embeddings(cls(base, extra))
+    elif base is not current:
+        text_encoder.set_input_embeddings(base)
+    return table
 
 
 def _match_prefix(sd: dict, wanted: dict, prefix: str) -> dict:
@@ -296,11 +514,11 @@ def file_stamp(path: Path) -> tuple:
 
 
 def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True, previous: Models | None = None) -> Models:
-    """Load every model in `spec` into one AnimateDiff pipeline with the LCM scheduler.
+    """Load every model in `spec` into one AnimateDiff pipeline with the sampler's scheduler (LCM or TCD).
 
     `previous` (a Session's last set, given up by the caller) lends what it shares with `spec`: the
     same base is not read again, a changed motion module is assembled around the same base tensors,
-    and its LoRAs are unfused first. Nothing is copied."""
+    a changed VAE is read alone, and its LoRAs are unfused first. Nothing is copied."""
     configure(verbose)
     import torch
     from diffusers import AnimateDiffPipeline, LCMScheduler
@@ -308,7 +526,8 @@ def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True, previous: M
 
     dtype, device = torch_dtype(spec.dtype), spec.device
     keys = {"base": (file_stamp(spec.base.path), spec.dtype, device),
-            "motion": (file_stamp(spec.motion.path), spec.dtype, device)}
+            "motion": (file_stamp(spec.motion.path), spec.dtype, device),
+            "vae": (file_stamp(spec.vae.path) if spec.vae else "base", spec.dtype, device)}
     old = previous if previous is not None and previous.keys.get("base") == keys["base"] else None
     bar = tqdm(total=3, desc="load", disable=quiet, leave=False)
     try:
@@ -317,6 +536,9 @@ def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True, previous: M
             _drop_loras(old.pipe, old.fused)
             p = old.pipe
             vae, text_encoder, tokenizer, unet2d_config = p.vae, p.text_encoder, p.tokenizer, old.unet2d_config
+            if old.keys.get("vae") != keys["vae"]:  # another VAE: read it alone, the old one let go first
+                p.vae = vae = None
+                vae = _load_vae(spec.vae, dtype, device) if spec.vae else _base_vae(spec.base, dtype, device)
             if old.keys["motion"] == keys["motion"]:
                 unet, motion_config = p.unet, old.keys["motion_config"]
             else:
@@ -326,7 +548,10 @@ def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True, previous: M
         else:
             if previous is not None:
                 previous.pipe = None  # another base: let the old weights go before reading the new ones
-            unet2d_config, base_sd, vae, text_encoder, tokenizer = _load_base(spec.base, dtype, device)
+            unet2d_config, base_sd, vae, text_encoder, tokenizer = _load_base(spec.base, dtype, device,
+                                                                              spec.vae is None)
+            if spec.vae is not None:
+                vae = _load_vae(spec.vae, dtype, device)
             bar.update()
             motion_config, motion_sd = _load_motion(spec.motion, dtype, device)
         _check_fits(spec, unet2d_config, motion_config)
@@ -334,11 +559,12 @@ def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True, previous: M
             unet = _motion_unet(unet2d_config, motion_config, {**base_sd, **motion_sd}, spec)
             del base_sd, motion_sd
         bar.update()
-        scheduler = LCMScheduler.from_config(LCMScheduler.load_config(SD15_CONFIG, subfolder="scheduler"),
-                                             **_noise_schedule(spec.base))
+        config = LCMScheduler.load_config(SD15_CONFIG, subfolder="scheduler")
+        scheduler = make_scheduler(spec.sampler, {**config, **_noise_schedule(spec.base)})
         pipe = AnimateDiffPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    motion_adapter=None, scheduler=scheduler, feature_extractor=None,
                                    image_encoder=None)
+        table = _apply_embeddings(text_encoder, spec.embeddings, dtype, device)
         adapters = _apply_loras(pipe, spec, dtype, device)
         pipe.to(device)
         if device.startswith("cuda"):  # NHWC convolutions: cuDNN's fast path in half precision
@@ -357,7 +583,8 @@ def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True, previous: M
         shared = embedded.sampling_defaults().get("shared_noise", 0.0)
     return Models(spec, pipe, unet.config.motion_max_seq_length, adapters, unet2d_config=dict(unet2d_config),
                   shared_noise=shared, keys={**keys, "motion_config": motion_config},
-                  fused=spec.fuse and bool(_lora_refs(spec)), controlnets=old.controlnets if old else {})
+                  fused=spec.fuse and bool(_lora_refs(spec)), controlnets=old.controlnets if old else {},
+                  embeddings=table)
 
 
 def _lora_refs(spec: ModelSpec) -> list:

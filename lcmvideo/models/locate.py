@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import usage
+from ..errors import LcmvideoError, usage
 from . import embedded
 from .identify import Sniffed, sniff
 from .weights import WEIGHT_EXTS
@@ -23,18 +23,22 @@ MODEL_FOLDERS = {
     "lora": ["models/Lora", "models/loras", "Lora", "loras"],
     "controlnet": ["models/ControlNet", "models/controlnet", "ControlNet", "controlnet",
                    "extensions/sd-webui-controlnet/models"],
+    # A1111 models/VAE and models/VAE-approx (TAESD), ComfyUI models/vae and models/vae_approx (TAESD)
+    "vae": ["models/VAE", "models/vae", "VAE", "vae", "models/VAE-approx", "models/vae_approx", "VAE-approx",
+            "vae_approx"],
+    "embedding": ["embeddings", "models/embeddings"],  # A1111's (in its root) and ComfyUI's
 }
 MOTION_PREFERENCE = ["mm_sd_v15_v2", "v3_sd15_mm", "mm_sd_v15", "mm_sd_v14"]
 
 
 @dataclass
 class ModelRef:
-    role: str  # base | motion | lcm_lora | lora
+    role: str  # base | motion | lcm_lora | lora | vae | embedding
     given: str | None  # what the user wrote
     source: str  # flag | schedule | env NAME | embedded default | found in DIR
     sniffed: Sniffed | None = None  # None for "none"
     weight: float = 1.0
-    key: str = ""  # a style LoRA's name in schedules (lora_weights)
+    key: str = ""  # a style LoRA's name in schedules (lora_weights); an embedding's name in prompts
 
     @property
     def path(self) -> Path | None:
@@ -53,9 +57,18 @@ class ModelSpec:
     fuse: bool = True
     embedded: bool = False
     models_dir: Path | None = None
+    vae: ModelRef | None = None  # None: the base model's own VAE
+    embeddings: list[ModelRef] = field(default_factory=list)  # named (--embedding) and found in models_dir
+    embedding_dirs: list[Path] = field(default_factory=list)  # where embedding:NAME was looked for
+    notes: list[str] = field(default_factory=list)  # files found but not usable, said once by a Session
+    clip_skip: int = 1
+    sampler: str = "lcm"
+    gamma: float = 0.3
+    lcm_map: object = None  # schedule.LcmMap
 
     def refs(self) -> list[ModelRef]:
-        return [self.base, self.motion, self.lcm_lora, *self.loras]
+        """The model files the weights come from (embeddings aside)."""
+        return [self.base, self.motion, self.lcm_lora, *self.loras, *([self.vae] if self.vae else [])]
 
 
 def hf_cache_snapshot(repo_id: str) -> Path | None:
@@ -95,6 +108,9 @@ def _by_name(name: str, candidates: list[Path]) -> Path | None:
     for p in candidates:
         if low in (p.name.lower(), p.stem.lower()):
             return p
+    for p in candidates:  # "taesd" names the pair taesd_decoder.* + taesd_encoder.*, as in ComfyUI
+        if p.stem.lower() == low + "_decoder":
+            return p
     return None
 
 
@@ -112,30 +128,90 @@ def _find(role: str, given: str, flag: str, models_dir: Path | None, found: dict
         hit = _by_name(given, found.get("lora" if role == "lcm_lora" else role, []))
         if hit:
             return hit
+    if role == "vae" and given.lower() in ("taesd", "taesdxl"):
+        where = f"in {models_dir}'s " + ", ".join(MODEL_FOLDERS["vae"][4:6]) if models_dir else \
+            "(give --models-dir, or the path of taesd_decoder.pth or of a diffusers AutoencoderTiny folder)"
+        raise usage(f"{flag}: '{given}': no {given}_decoder.pth/.safetensors found {where}")
     where = f", or a name in {models_dir}" if models_dir else " (or set LCMVIDEO_MODELS_DIR to find it by name)"
     raise usage(f"{flag}: '{given}' is not a file, a folder, a model in the Hugging Face cache{where}")
 
 
-EXPECTED = {"base": "base", "motion": "motion", "lcm_lora": "lora", "lora": "lora", "controlnet": "controlnet"}
+EXPECTED = {"base": "base", "motion": "motion", "lcm_lora": "lora", "lora": "lora", "controlnet": "controlnet",
+            "vae": "vae", "embedding": "embedding"}
 FLAGS = {"base": "--model", "motion": "--motion", "lcm_lora": "--lcm-lora", "lora": "--lora",
-         "controlnet": "--controlnet"}
+         "controlnet": "--controlnet", "vae": "--vae", "embedding": "--embedding"}
+KEYS = {"lora": "loras", "embedding": "embeddings"}  # the schedule's key where it differs from the role
 
 
 def _ref(role: str, given: str, source: str, models_dir, found, weight=1.0, flag=None) -> ModelRef:
-    flag = flag or (FLAGS[role] if source == "flag" else f"models.{'loras' if role == 'lora' else role}")
+    flag = flag or (FLAGS[role] if source == "flag" else f"models.{KEYS.get(role, role)}")
     path = _find(role, given, flag, models_dir, found)
     s = sniff(path)
     want = EXPECTED[role]
     if s.kind != want:
-        hint = {"lora": "--lora or --lcm-lora", "motion": "--motion", "base": "--model", "controlnet": "--controlnet"}
-        raise usage(f"{flag}: {path} is a {s.kind} model ({s.layout} layout), not a {want} model; "
-                    f"pass it with {hint[s.kind]}")
-    if s.family in ("SDXL", "SD2.x") or s.family.startswith("SD1.5 (AnimateDiff"):
-        raise usage(f"{flag}: {path} is a {s.family} {s.kind} model; lcmvideo runs Stable Diffusion 1.5 models only")
+        hint = {"lora": "--lora or --lcm-lora", "motion": "--motion", "base": "--model", "controlnet": "--controlnet",
+                "vae": "--vae", "embedding": "--embedding (or put it in the embeddings folder)"}
+        raise usage(f"{flag}: {path} is {'an' if s.kind == 'embedding' else 'a'} {s.kind} model ({s.layout} layout), "
+                    f"not {'an' if want == 'embedding' else 'a'} {want} model; pass it with {hint[s.kind]}")
+    if s.family in ("SDXL", "SD2.x") or s.family.startswith(("SD1.5 (AnimateDiff", "SD3", "unknown (")):
+        what = "VAE" if s.kind == "vae" else f"{s.kind} model"
+        why = f" ({s.family.split('(', 1)[1].rstrip(')')})" if s.family.startswith("unknown (") else \
+            f" ({s.detail['because']})" if s.detail.get("because") else ""
+        fam = "a VAE of unknown family" if s.family.startswith("unknown (") else f"a {s.family} {what}"
+        raise usage(f"{flag}: {path} is {fam}{why}; lcmvideo runs Stable Diffusion 1.5 models only")
+    if s.kind == "vae" and s.layout == "taesd":
+        s = _taesd_pair(s, flag)
     if s.kind == "base" and s.detail.get("in_channels", 4) not in (4, 0):
         raise usage(f"{flag}: {path} is an inpainting checkpoint ({s.detail['in_channels']} input channels); "
                     "use a plain SD1.5 checkpoint")
     return ModelRef(role, given, source, s, weight)
+
+
+def _taesd_pair(s: Sniffed, flag: str) -> Sniffed:
+    """madebyollin's TAESD comes as two files: the decoder is loaded, the encoder beside it (for
+    restyle and live, which encode frames) when there."""
+    part = s.detail["part"]
+    other = "encoder" if part == "decoder" else "decoder"
+    stem = s.file.stem.lower()
+    twin = next((p for p in sorted(s.file.parent.iterdir()) if p.suffix.lower() in WEIGHT_EXTS
+                 and p.stem.lower() == stem.replace(part, other)), None) if part in stem else None
+    if part == "encoder":
+        if twin is None:
+            raise usage(f"{flag}: {s.file} is TAESD's encoder; decoding needs its decoder "
+                        f"({stem.replace('encoder', 'decoder')}.pth) beside it")
+        decoder = sniff(twin)
+        decoder.detail["encoder_file"] = s.file
+        return decoder
+    s.detail["encoder_file"] = twin
+    return s
+
+
+def _embedding_refs(m, sources: dict, models_dir: Path | None, found: dict) -> tuple[list, list, list]:
+    """(the embeddings: named ones first, then those found in models_dir; folders searched; notes).
+    Found files that are not SD1.5 textual-inversion embeddings are passed over with a note."""
+    refs, notes, names = [], [], set()
+    for given in m.embeddings:
+        ref = _ref("embedding", given, sources.get("embeddings", "schedule"), models_dir, found)
+        ref.key = Path(ref.path).stem
+        if ref.key.lower() not in names:
+            names.add(ref.key.lower())
+            refs.append(ref)
+    dirs = [models_dir / sub for sub in MODEL_FOLDERS["embedding"] if (models_dir / sub).is_dir()] \
+        if models_dir else []
+    for p in found.get("embedding", []):
+        if p.stem.lower() in names or not p.is_file():
+            continue
+        try:
+            s = sniff(p)
+        except LcmvideoError as e:
+            notes.append(f"{p}: not used as an embedding ({e.message.removeprefix(str(p) + ': ')})")
+            continue
+        if s.kind != "embedding" or s.family not in ("SD1.5",) and not s.family.startswith("SD1.5-structured"):
+            notes.append(f"{p}: not used as an embedding (a {s.family} {s.kind} file)")
+            continue
+        names.add(p.stem.lower())
+        refs.append(ModelRef("embedding", p.name, f"found in {models_dir}", s, key=p.stem))
+    return refs, dirs, notes
 
 
 def _pick_discovered(role: str, found: list[Path], models_dir: Path) -> Path | None:
@@ -200,8 +276,14 @@ def resolve(settings_models, sources: dict | None = None, env=os.environ) -> Mod
     loras = [_ref("lora", r.path, sources.get("loras", "schedule"), models_dir, found, r.weight) for r in m.loras]
     for ref, r in zip(loras, m.loras):
         ref.key = r.key
+    vae = None
+    if m.vae is not None and m.vae.lower() not in ("none", "base", "default"):
+        vae = _ref("vae", m.vae, sources.get("vae", "schedule"), models_dir, found)
+    embeddings, dirs, notes = _embedding_refs(m, sources, models_dir, found)
     device, dtype = pick_device(m.device, m.dtype)
-    return ModelSpec(base, motion, lcm, loras, m.lcm_lora_scale, device, dtype, m.fuse, is_embedded, models_dir)
+    return ModelSpec(base, motion, lcm, loras, m.lcm_lora_scale, device, dtype, m.fuse, is_embedded, models_dir,
+                     vae=vae, embeddings=embeddings, embedding_dirs=dirs, notes=notes, clip_skip=m.clip_skip,
+                     sampler=m.sampler, gamma=m.gamma, lcm_map=m.lcm_map)
 
 
 def pick_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:

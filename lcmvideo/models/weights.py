@@ -17,6 +17,11 @@ WEIGHT_EXTS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:
     """Tensor names and shapes from a .safetensors header, without torch; catches truncation."""
+    return safetensors_header(path)[0]
+
+
+def safetensors_header(path: Path) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """(tensor names and shapes, the `__metadata__` strings) of a .safetensors file, without torch."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -31,11 +36,11 @@ def safetensors_shapes(path: Path) -> dict[str, list[int]]:
         raise runtime(f"{path}: unreadable or truncated .safetensors file ({e})") from None
     except OSError as e:
         raise runtime(f"{path}: cannot read: {e.strerror}") from None
-    header.pop("__metadata__", None)
+    meta = header.pop("__metadata__", None) or {}
     end = max((t["data_offsets"][1] for t in header.values()), default=0)
     if 8 + n + end > size:
         raise runtime(f"{path}: truncated .safetensors file ({size} bytes, the header needs {8 + n + end})")
-    return {k: t["shape"] for k, t in header.items()}
+    return {k: t["shape"] for k, t in header.items()}, meta if isinstance(meta, dict) else {}
 
 
 def load_state_dict(path: Path) -> dict:
@@ -62,7 +67,12 @@ def load_state_dict(path: Path) -> dict:
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
         raise usage(f"{path}: does not hold a dictionary of tensors")
-    return {k: v for k, v in sd.items() if hasattr(v, "shape")}
+    out = {k: v for k, v in sd.items() if hasattr(v, "shape")}
+    # one level of nesting, named "outer.inner": A1111's embeddings keep theirs in string_to_param["*"]
+    for k, v in sd.items():
+        if isinstance(v, dict) and isinstance(k, str):
+            out.update({f"{k}.{i}": t for i, t in v.items() if isinstance(i, str) and hasattr(t, "shape")})
+    return out
 
 
 def shapes(path: Path) -> dict[str, list[int]]:

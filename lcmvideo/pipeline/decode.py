@@ -1,8 +1,13 @@
-"""VAE decoding to frames: a few frames at a time, to uint8 RGB (T, H, W, 3)."""
+"""VAE decoding to frames: a few frames at a time, to uint8 RGB (T, H, W, 3); and encoding frames.
+
+The VAE is the base model's own, the one `--vae` names, or TAESD (AutoencoderTiny), which decodes
+the same latents several times faster."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from ..errors import usage
 
 CHUNK = 8  # frames per VAE call at most
 # The decoder's last blocks hold several (frames, 128, H, W) float tensors at once: the largest of a
@@ -21,6 +26,29 @@ def to_uint8(images) -> np.ndarray:
     import torch
 
     return ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def is_tiny(vae) -> bool:
+    """TAESD (diffusers' AutoencoderTiny): latents in, pixels out, no distribution, scaling factor 1."""
+    return hasattr(vae, "latent_magnitude")
+
+
+def check_encoder(vae) -> None:
+    """Refuse, before any work, a VAE that cannot encode frames (TAESD's decoder given alone)."""
+    if is_tiny(vae) and getattr(vae, "encoder", None) is None:
+        raise usage("--vae: TAESD's decoder alone decodes only; restyle and live encode frames too: "
+                    "put taesd_encoder.pth (or .safetensors) beside taesd_decoder.pth")
+
+
+def encode(vae, pixels, eps=None):
+    """Scaled latents of pixels (N, 3, H, W) in [-1, 1]: the VAE's mean plus `eps` times its std
+    (the mean without `eps`); TAESD's latents as they are (it has no distribution)."""
+    if is_tiny(vae):
+        check_encoder(vae)
+        return vae.encode(pixels).latents * vae.config.scaling_factor
+    dist = vae.encode(pixels).latent_dist
+    z = dist.mean if eps is None else dist.mean + dist.std * eps
+    return z * vae.config.scaling_factor
 
 
 def decode_frames(vae, latents) -> np.ndarray:

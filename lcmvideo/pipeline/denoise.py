@@ -7,6 +7,11 @@ several windows to one UNet call, their predictions blended with pyramid weights
 overlap (text-to-video, restyle's animatediff mode). Either way it applies classifier-free
 guidance per frame and the ControlNets' residuals within their start/end steps. `sample`
 runs an LCM/TCD scheduler's steps over it; noise is drawn by the caller and passed in.
+
+Samplers: LCMScheduler (the LCM-LoRA's own: each step's estimate re-noised with fresh noise) and
+TCDScheduler (Trajectory Consistency Distillation's strategic stochastic sampling: the next sample
+is the model's own noise estimate carried to a point `gamma` of the way back, then re-noised only
+that far; gamma 0 adds no fresh noise). `step_options` gives a scheduler's step arguments.
 """
 
 from __future__ import annotations
@@ -152,20 +157,29 @@ def denoiser(unet, scheduler, cond, uncond=None, guidance=1.0, controls=(), step
     return model
 
 
-def sample(model, scheduler, latents, generator, first: int = 0, renoise=None, on_step=None):
+def step_options(scheduler, gamma: float) -> dict:
+    """The extra arguments of the scheduler's step: TCD's gamma (diffusers calls it eta)."""
+    return {"eta": gamma} if type(scheduler).__name__ == "TCDScheduler" else {}
+
+
+def sample(model, scheduler, latents, generator, first: int = 0, renoise=None, on_step=None, before_step=None,
+           step_kw: dict | None = None):
     """Run the scheduler's timesteps from `first` on (its schedule already set): each step asks
-    `model` for the noise and lets the scheduler step. `renoise(step_output, latents)` may replace
-    the latents after a step; `on_step(step, latents, generator)` sees them (checkpoints)."""
+    `model` for the noise and lets the scheduler step (with `step_kw`, step_options'). `before_step(step)`
+    runs first (LoRA scales over the steps); `renoise(step_output, latents)` may replace the latents
+    after a step; `on_step(step, latents, generator)` sees them (checkpoints)."""
     timesteps = scheduler.timesteps
     if first:
         scheduler.set_begin_index(first)
     for step in range(first, len(timesteps)):
         t = timesteps[step]
-        out = scheduler.step(model(latents, t, step), t, latents, generator=generator)
+        if before_step:
+            before_step(step)
+        out = scheduler.step(model(latents, t, step), t, latents, generator=generator, **(step_kw or {}))
         latents = out.prev_sample
         if renoise is not None:
             latents = renoise(out, latents)
         if on_step:
             on_step(step, latents, generator)
-    # LCM's result is the denoised estimate of the last step
+    # LCM's result is the denoised estimate of the last step; TCD's last step goes to t = 0
     return latents

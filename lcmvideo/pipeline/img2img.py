@@ -1,4 +1,4 @@
-"""LCM img2img of single frames on a loaded model set, shared by `restyle --mode frames` and `live`.
+"""LCM (or TCD) img2img of single frames on a loaded model set, shared by `restyle --mode frames` and `live`.
 
 The motion UNet's image layers are viewed as a plain `UNet2DConditionModel` (the same
 tensors, no copy), so per-frame work skips the motion modules. The loop below computes what
@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import usage
-from .decode import decode_frames
-from .denoise import denoiser, sample
-from .text import encode, n_chunks
+from .decode import check_encoder, decode_frames
+from .decode import encode as vae_encode
+from .denoise import denoiser, sample, step_options
+from .text import encode, n_chunks, text_options
 
 
 def unet2d(models):
@@ -31,8 +32,9 @@ def unet2d(models):
     from diffusers import UNet2DConditionModel
 
     if models.adapters:
-        raise usage("--no-fuse / travelling LoRA weights: per-frame img2img needs the LoRAs fused; "
-                    "drop --no-fuse and keep LoRA weights constant")
+        raise usage("--no-fuse / travelling LoRA weights / models.lcm_map: per-frame img2img needs the LoRAs "
+                    "fused; drop --no-fuse and lcm_map, and keep LoRA weights constant (or restyle with "
+                    "--mode animatediff)")
     motion = models.pipe.unet
     with torch.device("meta"):
         view = UNet2DConditionModel.from_config(models.unet2d_config)
@@ -49,8 +51,10 @@ def img2img_pipeline(models):
     if "img2img" not in models.views:
         from diffusers import LCMScheduler, StableDiffusionImg2ImgPipeline
 
+        # the VAE passed on by name: from_pipe drops one that is not an AutoencoderKL (TAESD)
         pipe = StableDiffusionImg2ImgPipeline.from_pipe(
-            models.pipe, unet=unet2d(models), scheduler=LCMScheduler.from_config(models.pipe.scheduler.config),
+            models.pipe, unet=unet2d(models), vae=models.pipe.vae,
+            scheduler=LCMScheduler.from_config(models.pipe.scheduler.config),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
         models.views["img2img"] = pipe
@@ -75,12 +79,12 @@ class Stylizer:
 
     def __init__(self, models, *, steps: int = 4, guidance: float = 1.0, seed: int = 0,
                  negative_prompt: str = "", fixed_noise: bool = True):
-        from diffusers import LCMScheduler
-
         self.models = models
         pipe = img2img_pipeline(models)
-        self.unet, self.vae = pipe.unet, pipe.vae
-        self.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+        self.unet, self.vae = pipe.unet, pipe.vae  # the VAE: the base's, --vae's, or TAESD
+        check_encoder(self.vae)
+        # the model set's sampler (LCM or TCD, models.sampler), with its settings
+        self.scheduler = type(models.pipe.scheduler).from_config(models.pipe.scheduler.config)
         self.device, self.dtype = models.spec.device, self.unet.dtype
         self.steps, self.guidance, self.seed = steps, guidance, seed
         self.negative_prompt = negative_prompt
@@ -98,9 +102,10 @@ class Stylizer:
 
             te, tok = self.models.pipe.text_encoder, self.models.pipe.tokenizer
             texts = [prompt, self.negative_prompt] if cfg else [prompt]
-            chunks = max(n_chunks(tok, t) for t in texts)
+            opts = text_options(self.models)
+            chunks = max(n_chunks(tok, t, opts["embeddings"], opts["searched"]) for t in texts)
             with torch.inference_mode():
-                enc = [encode(te, tok, t, chunks).to(self.dtype) for t in texts]
+                enc = [encode(te, tok, t, chunks, **opts).to(self.dtype) for t in texts]
             self.encodes += 1
             self._text[key] = (enc[0], enc[1] if cfg else None)
         return self._text[key]
@@ -129,8 +134,7 @@ class Stylizer:
         return eps, noise, g
 
     def _encode(self, image: np.ndarray, eps):
-        dist = self.vae.encode(self._pixels(image)).latent_dist
-        return (dist.mean + dist.std * eps) * self.vae.config.scaling_factor
+        return vae_encode(self.vae, self._pixels(image), eps)
 
     def _pixels(self, image: np.ndarray):
         import torch
@@ -140,7 +144,7 @@ class Stylizer:
 
     def encode(self, image: np.ndarray):
         """VAE latents (1, 4, h, w) of a uint8 frame: the distribution's mean, no noise."""
-        return self.vae.encode(self._pixels(image)).latent_dist.mode() * self.vae.config.scaling_factor
+        return vae_encode(self.vae, self._pixels(image))
 
     def decode(self, latents) -> np.ndarray:
         return decode_frames(self.vae, latents)[0]
@@ -165,7 +169,7 @@ class Stylizer:
             first = len(sched.timesteps) - run
             lat = sched.add_noise(lat, noise.to(lat.dtype), sched.timesteps[first:first + 1])
             model = denoiser(self.unet, sched, cond, uncond, self.guidance, [c.frame(i) for c, i in controls], run)
-            lat = sample(model, sched, lat, g, first)
+            lat = sample(model, sched, lat, g, first, step_kw=step_options(sched, self.models.spec.gamma))
             return Frame(self.decode(lat), lat)
 
 

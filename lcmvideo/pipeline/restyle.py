@@ -258,6 +258,7 @@ def animatediff_mode(models, s: Settings, src: Source, rows, opts: Options, wd: 
 
     from . import img2img
     from .decode import decode
+    from .decode import encode as vae_encode
     from .text import conditioning
     from .text2video import denoise
 
@@ -281,11 +282,14 @@ def animatediff_mode(models, s: Settings, src: Source, rows, opts: Options, wd: 
         else:
             x = torch.from_numpy(src.frames).permute(0, 3, 1, 2).to(models.spec.device, pipe.vae.dtype) / 127.5 - 1
             parts = []
+            f = pipe.vae_scale_factor
             for k in range(0, len(x), 16):  # diffusers' chunks and draw order, so a seed means the same
-                d = pipe.vae.encode(x[k:k + 16]).latent_dist
-                parts.append(d.mean + d.std * randn_tensor(d.mean.shape, generator=generator, device=x.device,
-                                                           dtype=d.mean.dtype))
-            lat = (torch.cat(parts) * pipe.vae.config.scaling_factor).permute(1, 0, 2, 3)[None].to(cond.dtype)
+                chunk = x[k:k + 16]
+                shape = (len(chunk), pipe.unet.config.in_channels, chunk.shape[2] // f, chunk.shape[3] // f)
+                # drawn for TAESD too (which has no distribution): the same seed, the same later noise
+                eps = randn_tensor(shape, generator=generator, device=x.device, dtype=chunk.dtype)
+                parts.append(vae_encode(pipe.vae, chunk, eps))
+            lat = torch.cat(parts).permute(1, 0, 2, 3)[None].to(cond.dtype)
             sched.set_timesteps(length, device=models.spec.device)
             t0 = sched.timesteps[-s.steps:][:1]
             noise = randn_tensor(lat.permute(0, 2, 1, 3, 4).shape, generator=generator, device=lat.device,
@@ -324,6 +328,9 @@ def restyle(models, s: Settings, src: Source, opts: Options, out: Path, quiet: b
 
     if opts.mode not in MODES:
         raise usage(f"--mode: {opts.mode!r}; expected one of {', '.join(MODES)}")
+    from .decode import check_encoder
+
+    check_encoder(models.pipe.vae)
     rows = plan(s)
     with torch.inference_mode():  # before the work folder: errors leave nothing
         controls = prepare_controls(models, s, rows, input_frames=src.frames)

@@ -1,4 +1,4 @@
-"""Text-to-video: AnimateDiff + LCM over a loaded model set.
+"""Text-to-video: AnimateDiff + LCM (or TCD) over a loaded model set.
 
 The loop is written out rather than taken from `AnimateDiffPipeline.__call__` so that every
 frame can have its own text embedding (prompt travel) and guidance, and so that clips longer
@@ -17,7 +17,7 @@ from ..schedule import FrameRow, Settings, finish, plan, windows
 from .budget import is_out_of_memory, out_of_memory
 from .control import prepare_controls
 from .decode import decode
-from .denoise import denoiser, frame_noise, sample
+from .denoise import denoiser, frame_noise, sample, step_options
 from .text import conditioning
 
 
@@ -61,38 +61,69 @@ def denoise(models, cond, uncond, guidance, s: Settings, quiet: bool = True, row
         first += length - s.steps
     wins = windows(s.frames, min(s.context.length, models.max_frames), s.context.overlap, s.loop)
     travel = lora_travel(models, rows) if rows else None
+    ramp = models.spec.lcm_map if "lcm_lora_scale" in models.adapters else None
+    run0 = len(sched.timesteps) - s.steps  # the steps run are the schedule's last s.steps
+    factor = {"lcm": 1.0}  # the LCM-LoRA's scale at the current step, lcm_map's
+
+    def before_step(step):
+        factor["lcm"] = ramp.scale(step - run0, s.steps)
+        if travel is None:  # the loaded set's weights for every window (as fused): set once per step
+            set_lora_weights(models, lora_curves(models, None), [0], factor["lcm"])
+
     bar = tqdm(total=(len(sched.timesteps) - first) * len(wins), desc="denoise", disable=quiet, leave=False)
     model = denoiser(unet, sched, cond, uncond, guidance, controls or (), s.steps, wins,
-                     before_window=(lambda win: set_lora_weights(models, travel, win)) if travel else None,
+                     before_window=(lambda win: set_lora_weights(models, travel, win, factor["lcm"])) if travel else None,
                      per_call=1 if travel else None, progress=bar.update)
 
     def renoise(out, latents):
-        # LCM re-noises its estimate for the next step with independent noise; share it too
-        if getattr(out, "denoised", None) is None or sched.step_index >= len(sched.timesteps):
+        # LCM re-noises its estimate for the next step with independent noise, TCD (gamma > 0) its
+        # estimate carried part of the way back; share that noise too
+        if sched.step_index >= len(sched.timesteps):
             return latents
-        a = sched.alphas_cumprod[sched.timesteps[sched.step_index]].to(device, latents.dtype)
-        return a.sqrt() * out.denoised + (1 - a).sqrt() * frame_noise(latents.shape, share, generator, device,
-                                                                      latents.dtype)
+        nxt = sched.timesteps[sched.step_index]
+        if getattr(out, "denoised", None) is not None:
+            a = sched.alphas_cumprod[nxt].to(device, latents.dtype)
+            return a.sqrt() * out.denoised + (1 - a).sqrt() * frame_noise(latents.shape, share, generator, device,
+                                                                          latents.dtype)
+        if getattr(out, "pred_noised_sample", None) is not None and models.spec.gamma > 0:
+            s_t = int((1 - models.spec.gamma) * int(nxt))
+            r = (sched.alphas_cumprod[nxt] / sched.alphas_cumprod[s_t]).to(device, latents.dtype)
+            return r.sqrt() * out.pred_noised_sample + (1 - r).sqrt() * frame_noise(
+                latents.shape, share, generator, device, latents.dtype)
+        return latents
 
-    latents = sample(model, sched, latents, generator, first, renoise if share > 0 else None, on_step)
+    latents = sample(model, sched, latents, generator, first, renoise if share > 0 else None, on_step,
+                     before_step=before_step if ramp is not None else None,
+                     step_kw=step_options(sched, models.spec.gamma))
     bar.close()
     return latents
+
+
+def lora_curves(models, rows: list[FrameRow] | None) -> dict:
+    """Per-frame weight of each loaded adapter (adapter name -> weights)."""
+    spec = models.spec
+    fixed = {"lcm_lora_scale": spec.lcm_lora_scale, **{f"lora:{r.key}": r.weight for r in spec.loras}}
+    return {name: [r.params.get(param, fixed.get(param, 0.0)) for r in rows] if rows else [fixed.get(param, 0.0)]
+            for param, name in models.adapters.items()}
 
 
 def lora_travel(models, rows: list[FrameRow]) -> dict | None:
     """Per-frame weights of each loaded adapter, if any of them changes over the clip."""
     if not models.adapters:
         return None
-    curves = {name: [r.params.get(param, 0.0) for r in rows] for param, name in models.adapters.items()}
+    curves = lora_curves(models, rows)
     if all(max(c) == min(c) for c in curves.values()):
         return None
     return curves
 
 
-def set_lora_weights(models, curves: dict, win: list[int]):
-    """LoRA weights can change per window, not per frame: each window gets its frames' mean."""
+def set_lora_weights(models, curves: dict, win: list[int], lcm_factor: float = 1.0):
+    """LoRA weights can change per window, not per frame: each window gets its frames' mean (the
+    LCM-LoRA's times `lcm_factor`, lcm_map's scale at this step)."""
     names = list(curves)
-    models.pipe.set_adapters(names, adapter_weights=[sum(curves[n][i] for i in win) / len(win) for n in names])
+    lcm = models.adapters.get("lcm_lora_scale")
+    models.pipe.set_adapters(names, adapter_weights=[sum(curves[n][i] for i in win) / len(win)
+                                                     * (lcm_factor if n == lcm else 1.0) for n in names])
 
 
 def render(models, s: Settings, quiet: bool = True, cache: dict | None = None, timing: dict | None = None) -> np.ndarray:

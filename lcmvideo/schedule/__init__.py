@@ -10,23 +10,27 @@ from .settings import (
                    FITS,
                    INPUT,
                    MODEL_KEYS,
+                   SAMPLERS,
                    SIDECAR_MARK,
+                   SOFT_MODEL_KEYS,
                    SOURCE_KEYS,
                    TRAVEL,
                    Context,
                    ControlSpec,
                    FrameRow,
                    Keyframe,
+                   LcmMap,
                    LoraRef,
                    ModelPaths,
                    Settings,
 )
 from .timeline import finish, full_prompt, negative_for, plan, require_prompt, resolve_frame, travels_lora, windows
-from .validate import apply_overrides, from_dict, parse_lora
+from .validate import apply_overrides, from_dict, parse_lcm_map, parse_lora
 
 __all__ = [
-    "ANNOTATED", "FITS", "INPUT", "MODEL_KEYS", "SIDECAR_MARK", "SOURCE_KEYS", "TRAVEL", "Context", "ControlSpec",
-    "FrameRow", "Keyframe", "LoraRef", "ModelPaths", "Settings", "Where", "apply_overrides", "dumps", "finish",
-    "from_dict", "from_source", "from_text", "full_prompt", "load", "negative_for", "parse_lora", "plan",
-    "require_prompt", "resolve_frame", "travels_lora", "windows",
+    "ANNOTATED", "FITS", "INPUT", "MODEL_KEYS", "SAMPLERS", "SIDECAR_MARK", "SOFT_MODEL_KEYS", "SOURCE_KEYS",
+    "TRAVEL", "Context", "ControlSpec", "FrameRow", "Keyframe", "LcmMap", "LoraRef", "ModelPaths", "Settings",
+    "Where", "apply_overrides", "dumps", "finish", "from_dict", "from_source", "from_text", "full_prompt", "load",
+    "negative_for", "parse_lora", "parse_lcm_map", "plan", "require_prompt", "resolve_frame", "travels_lora",
+    "windows",
 ]

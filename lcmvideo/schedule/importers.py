@@ -1,7 +1,7 @@
 """Schedules in the formats users already have, turned into lcmvideo's own (a dict for from_dict).
 
 - animatediff-cli-prompt-travel JSON (`prompt_map`, `head_prompt`, `tail_prompt`, `n_prompt`,
-  `seed`, `steps`, `guidance_scale`, `lora_map`, ...)
+  `seed`, `steps`, `guidance_scale`, `lora_map`, `vae_path`, `clip_skip`, `lcm_map`, ...)
 - the A1111 prompt box of sd-webui-animatediff: head lines, `N: prompt` lines, tail lines.
 
 Whatever has no counterpart is listed in the returned notes, never dropped silently.
@@ -16,8 +16,8 @@ from ..errors import usage
 KEYFRAME_LINE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*:\s*(.*)$")
 LORA_TAG = re.compile(r"<lora:[^>]*>")
 CARRIED = {"name", "path", "motion_module", "seed", "steps", "guidance_scale", "head_prompt", "prompt_map",
-           "tail_prompt", "n_prompt", "lora_map", "output"}
-IGNORED_QUIETLY = {"compile", "lcm_map"}  # lcmvideo always uses LCM; compile is a speed switch
+           "tail_prompt", "n_prompt", "lora_map", "output", "vae_path", "clip_skip", "lcm_map"}
+IGNORED_QUIETLY = {"compile"}  # a speed switch
 
 
 def from_prompt_travel_json(data: dict, where) -> tuple[dict, list[str]]:
@@ -57,6 +57,21 @@ def from_prompt_travel_json(data: dict, where) -> tuple[dict, list[str]]:
         models["motion"] = data["motion_module"]
     if isinstance(data.get("lora_map"), dict) and data["lora_map"]:
         models["loras"] = [{"path": p, "weight": w} for p, w in data["lora_map"].items()]
+    if data.get("vae_path"):
+        models["vae"] = data["vae_path"]
+        where.lines.setdefault(("models", "vae"), where.lines.get(("vae_path",)))
+    if data.get("clip_skip") is not None:
+        models["clip_skip"] = data["clip_skip"]
+        where.lines.setdefault(("models", "clip_skip"), where.lines.get(("clip_skip",)))
+    lcm_map = data.get("lcm_map")
+    if isinstance(lcm_map, dict) and lcm_map:
+        if lcm_map.get("enable") is False:
+            notes.append(f"{src}: lcm_map is disabled there (enable: false); lcmvideo always samples with the "
+                         "LCM-LoRA, at lcm_lora_scale")
+        else:
+            models["lcm_map"] = {k: v for k, v in lcm_map.items() if k != "enable"}
+            for k in models["lcm_map"]:
+                where.lines.setdefault(("models", "lcm_map", k), where.lines.get(("lcm_map", k)))
     if models:
         out["models"] = models
     o = data.get("output")
@@ -66,10 +81,9 @@ def from_prompt_travel_json(data: dict, where) -> tuple[dict, list[str]]:
         if o.get("format") in ("gif", "mp4"):
             out["format"] = o["format"]
     if data.get("scheduler"):
-        notes.append(f"{src}: scheduler {data['scheduler']!r} not carried over: lcmvideo samples with LCM")
-    if data.get("clip_skip") not in (None, 1):
-        notes.append(f"{src}: clip_skip {data['clip_skip']} not carried over (lcmvideo uses the last layer)")
-    for k in sorted(set(data) - CARRIED - IGNORED_QUIETLY - {"scheduler", "clip_skip"}):
+        notes.append(f"{src}: scheduler {data['scheduler']!r} not carried over: lcmvideo samples the LCM-LoRA "
+                     "with lcm or tcd (models.sampler)")
+    for k in sorted(set(data) - CARRIED - IGNORED_QUIETLY - {"scheduler"}):
         if data[k] not in (None, {}, [], "", False):
             notes.append(f"{src}: {k} not carried over")
     return out, notes

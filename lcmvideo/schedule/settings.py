@@ -22,6 +22,7 @@ SOURCE_KEYS = ("images", "video", "openpose", "pose_from", "canny_from", "positi
 ANNOTATED = ("pose_from", "canny_from", "position_from")  # a video whose frames an annotator turns into maps
 INPUT = "<input>"  # for those: the clip being restyled
 FITS = ("crop", "pad", "stretch")
+SAMPLERS = ("lcm", "tcd")  # LCMScheduler; TCDScheduler (strategic stochastic sampling, its gamma)
 
 
 @dataclass
@@ -36,6 +37,29 @@ class LoraRef:
 
 
 @dataclass
+class LcmMap:
+    """The LCM-LoRA's scale over the denoising steps (animatediff-cli-prompt-travel's `lcm_map`):
+    `start_scale` until `gradient_start` of the steps, then linear to `end_scale` at `gradient_end`,
+    held after. It multiplies `lcm_lora_scale` (1 by default)."""
+
+    start_scale: float = 1.0
+    end_scale: float = 1.0
+    gradient_start: float = 0.0  # fraction of the steps
+    gradient_end: float = 1.0
+
+    def scale(self, step: int, total: int) -> float:
+        """The factor at step `step` (0-based) of `total`, by prompt-travel's rule (progress = (step + 1) / total)."""
+        progress = (step + 1) / total
+        if progress < self.gradient_start:
+            return self.start_scale
+        if progress > self.gradient_end:
+            return self.end_scale
+        span = self.gradient_end - self.gradient_start
+        f = 0.0 if span < 1e-4 else (progress - self.gradient_start) / span
+        return self.start_scale + (self.end_scale - self.start_scale) * f
+
+
+@dataclass
 class ModelPaths:
     base: str | None = None  # SD1.5: diffusers folder, HF cache id, single .safetensors/.ckpt, or a name in models_dir
     motion: str | None = None  # AnimateDiff motion module: diffusers folder or original single file
@@ -46,9 +70,17 @@ class ModelPaths:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (fp16 on GPU, fp32 on CPU) | float32 | float16 | bfloat16
     fuse: bool = True  # fuse LoRAs into the weights (faster); false keeps them as adapters
+    vae: str | None = None  # a VAE (single file, diffusers folder, HF id, name) or TAESD; None = the base's own
+    embeddings: list[str] = field(default_factory=list)  # textual-inversion files, besides those in models_dir
+    clip_skip: int = 1  # A1111's convention: 1 = the text encoder's last layer, 2 = the one before it, ...
+    sampler: str = "lcm"  # lcm (LCMScheduler) | tcd (TCDScheduler)
+    gamma: float = 0.3  # TCD's stochasticity (diffusers' eta): 0 = no fresh noise between steps
+    lcm_map: LcmMap | None = None  # the LCM-LoRA's scale over the denoising steps
 
 
 MODEL_KEYS = frozenset(f.name for f in fields(ModelPaths))  # settings that choose and load models
+# model settings a loaded set takes without loading anything again (how text is encoded and sampled)
+SOFT_MODEL_KEYS = frozenset({"clip_skip", "sampler", "gamma", "lcm_map"})
 
 
 @dataclass

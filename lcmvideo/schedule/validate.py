@@ -15,9 +15,11 @@ from .settings import (
     INPUT,
     INTERPOLATIONS,
     MODEL_KEYS,
+    SAMPLERS,
     SOURCE_KEYS,
     TRAVEL,
     ControlSpec,
+    LcmMap,
     LoraRef,
     ModelPaths,
     Settings,
@@ -85,9 +87,25 @@ def _models(d, path, where, base_dir: Path | None) -> ModelPaths:
         q = Path(p).expanduser()
         return str(q if q.is_absolute() or not (base_dir / q).exists() else (base_dir / q).resolve())
 
-    for k in ("base", "motion", "lcm_lora", "models_dir"):
+    for k in ("base", "motion", "lcm_lora", "models_dir", "vae"):
         if k in d:
             setattr(m, k, rel(_str(d[k], path + (k,), where, optional=True)))
+    if d.get("embeddings") is not None:
+        e = d["embeddings"]
+        items = [e] if isinstance(e, str) else e
+        if not isinstance(items, list):
+            raise where(path + ("embeddings",), "expected a list of textual-inversion files (.pt, .safetensors)")
+        m.embeddings = [rel(_str(x, path + ("embeddings", Index(i)), where)) for i, x in enumerate(items)]
+    if "clip_skip" in d:
+        m.clip_skip = _num(d["clip_skip"], path + ("clip_skip",), where, int, 1, 12, "a whole number of layers")
+    if "sampler" in d:
+        m.sampler = _str(d["sampler"], path + ("sampler",), where)
+        if m.sampler not in SAMPLERS:
+            raise where(path + ("sampler",), f"expected one of {', '.join(SAMPLERS)}, got {m.sampler!r}")
+    if "gamma" in d:
+        m.gamma = _num(d["gamma"], path + ("gamma",), where, lo=0.0, hi=1.0)
+    if d.get("lcm_map") is not None:
+        m.lcm_map = parse_lcm_map(d["lcm_map"], lambda sub, msg: where(path + ("lcm_map", *sub), msg))
     for k in ("device", "dtype"):
         if k in d:
             setattr(m, k, _str(d[k], path + (k,), where))
@@ -112,6 +130,37 @@ def _models(d, path, where, base_dir: Path | None) -> ModelPaths:
         else:
             raise where(p, f"expected a mapping or 'PATH[:WEIGHT]', got {item!r}")
         m.loras.append(LoraRef(rel(ref.path), ref.weight, ref.name))
+    return m
+
+
+LCM_MAP_KEYS = ("start_scale", "end_scale", "gradient_start", "gradient_end")
+
+
+def parse_lcm_map(d, error=None) -> LcmMap | None:
+    """animatediff-cli-prompt-travel's `lcm_map` mapping -> LcmMap (None when `enable: false`).
+    `error(subpath, message)` makes the exception."""
+    error = error or (lambda sub, msg: usage(f"lcm_map{'.' + sub[0] if sub else ''}: {msg}"))
+    if isinstance(d, LcmMap):
+        return d
+    if not isinstance(d, dict):
+        raise error((), f"expected a mapping of {', '.join(LCM_MAP_KEYS)}, got {d!r}")
+    for k in d:
+        if k not in (*LCM_MAP_KEYS, "enable"):
+            raise error((k,), f"unknown key; expected one of: {', '.join(sorted((*LCM_MAP_KEYS, 'enable')))}")
+    if "enable" in d and not isinstance(d["enable"], bool):
+        raise error(("enable",), f"expected true or false, got {d['enable']!r}")
+    if d.get("enable") is False:
+        return None
+
+    def num(k, hi):
+        v = d.get(k, getattr(LcmMap, k))
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= hi:
+            raise error((k,), f"expected a number from 0 to {hi:g}, got {v!r}")
+        return float(v)
+
+    m = LcmMap(num("start_scale", 5.0), num("end_scale", 5.0), num("gradient_start", 1.0), num("gradient_end", 1.0))
+    if m.gradient_start > m.gradient_end:
+        raise error(("gradient_end",), f"must be at least gradient_start ({m.gradient_start:g}), got {m.gradient_end:g}")
     return m
 
 
@@ -260,6 +309,12 @@ def apply_overrides(s: Settings, **flags) -> Settings:
     for k in ("width", "height"):
         if flags.get(k) is not None and flags[k] % 8:
             raise usage(f"--{k}: must be a multiple of 8 (the VAE's scale factor), got {flags[k]}")
+    if flags.get("sampler") is not None and flags["sampler"] not in SAMPLERS:
+        raise usage(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {flags['sampler']!r}")
+    if flags.get("gamma") is not None and not 0 <= flags["gamma"] <= 1:
+        raise usage(f"--gamma: expected a number from 0 to 1, got {flags['gamma']}")
+    if flags.get("clip_skip") is not None and not (isinstance(flags["clip_skip"], int) and 1 <= flags["clip_skip"] <= 12):
+        raise usage(f"--clip-skip: expected a whole number from 1 to 12, got {flags['clip_skip']!r}")
     s = s.copy()
     s.where = s.where or Where("command line")
     prompt = flags.pop("prompt", None)
@@ -269,8 +324,10 @@ def apply_overrides(s: Settings, **flags) -> Settings:
     for k, v in flags.items():
         if v is None or v == ():
             continue
-        if k in MODEL_KEYS:
-            setattr(s.models, k, list(v) if k == "loras" else v)
+        if k == "lcm_map":
+            s.models.lcm_map = parse_lcm_map(v)
+        elif k in MODEL_KEYS:
+            setattr(s.models, k, list(v) if k in ("loras", "embeddings") else v)
         elif k in ("context_length", "context_overlap"):
             setattr(s.context, k.split("_")[1], v)
         elif k == "controlnet":
