@@ -157,6 +157,14 @@ def test_lcm_map_leaves_loras_unfused_with_a_note_and_refuses_per_frame_img2img(
     assert any("lcm_map changes the LCM-LoRA's scale at every step" in m for m in said)
     with pytest.raises(LcmvideoError, match="models.lcm_map: per-frame img2img needs the LoRAs fused"):
         img2img.Stylizer(session._models)
+    from lcmvideo.output import video
+
+    video.write(np.zeros((2, 64, 64, 3), np.uint8), tmp_path / "src", 8.0, "png")
+    (tmp_path / "ramp.yaml").write_text("models: {lcm_map: {start_scale: 0.5}}\nprompt: x\n")
+    out = tmp_path / "o.mp4"
+    r = CliRunner().invoke(cli, ["-q", "restyle", str(tmp_path / "src"), str(tmp_path / "ramp.yaml"), "-o", str(out)])
+    assert r.exit_code == 2 and "per-frame img2img needs the LoRAs fused" in r.output, r.output
+    assert not out.exists() and not (tmp_path / "o.mp4.work").exists()
 
 
 def test_prompt_travel_json_carries_vae_clip_skip_and_lcm_map(tmp_path):

@@ -328,9 +328,12 @@ def restyle(models, s: Settings, src: Source, opts: Options, out: Path, quiet: b
 
     if opts.mode not in MODES:
         raise usage(f"--mode: {opts.mode!r}; expected one of {', '.join(MODES)}")
+    from . import img2img
     from .decode import check_encoder
 
     check_encoder(models.pipe.vae)
+    if opts.mode == "frames":
+        img2img.unet2d(models)  # refuses unfused LoRAs (--no-fuse, lcm_map) before the work folder exists
     rows = plan(s)
     with torch.inference_mode():  # before the work folder: errors leave nothing
         controls = prepare_controls(models, s, rows, input_frames=src.frames)
