@@ -25,7 +25,7 @@ from .version import __version__
 
 
 def _live(session, source=None, camera=None, prompts=("",), *, steps=2, guidance=1.0, seed=0, loop=False,
-          **options):
+          stream_batch=False, serve=False, host="127.0.0.1", port=8765, token=None, **options):
     from . import live
     from .pipeline import img2img
 
@@ -35,8 +35,22 @@ def _live(session, source=None, camera=None, prompts=("",), *, steps=2, guidance
     options.setdefault("height", models.native_size)
     options.setdefault("window", False)
     sty = img2img.Stylizer(models, steps=steps, guidance=guidance, seed=seed, negative_prompt=s.negative_prompt)
+    if stream_batch:
+        sty = img2img.StreamBatch(sty)
+    opts = live.Options(prompts=list(prompts), seed=seed, **options)
+    if serve:  # the page, with the browser's camera (source None) or the source watched
+        from .web import server as web
+
+        src = source if source is None or isinstance(source, live.Source) else \
+            live.open_source(camera, str(source), loop)
+        token = web.make_token(host, token)
+        sock = web.bind(host, port)
+        try:
+            return web.serve(sty, src, opts, sock, host, token, say=session.say, announce=print)
+        finally:
+            sock.close()
     src = source if isinstance(source, live.Source) else live.open_source(camera, source and str(source), loop)
-    return live.run(sty, src, live.Options(prompts=list(prompts), seed=seed, **options), say=session.say)
+    return live.run(sty, src, opts, say=session.say)
 
 
 def embedded_note() -> str:
@@ -162,7 +176,9 @@ class Session:
 
     def live(self, source=None, camera=None, prompts=("",), **options):
         """Stylize a camera, video file or live.Source in real time; returns the live.Summary.
-        Options as live.Options (out=, max_frames=, duration=, strength=, similarity=, ...)."""
+        Options as live.Options (out=, max_frames=, duration=, strength=, similarity=, ...), and
+        stream_batch=True (StreamDiffusion's denoising batch); serve=True (host=, port=, token=)
+        serves the web page instead, with the browser's camera when source is None."""
         return _live(self, source, camera, prompts, **options)
 
     def restyle(self, video, source=None, options=None, output=None, **overrides):

@@ -324,7 +324,8 @@ def convert_command(source: Path, output: Path | None, echo=print):
 
 
 def live_command(schedule_file, model_flags: dict, o: dict, say=print, quiet: bool = False, verbose: int = 0):
-    """Load the models once, open the source, run the live loop, print the summary."""
+    """Load the models once, open the source, run the live loop (in a window, headless, or behind
+    the web page), print the summary."""
     import signal
 
     from . import live
@@ -332,31 +333,57 @@ def live_command(schedule_file, model_flags: dict, o: dict, say=print, quiet: bo
     from .pipeline import img2img
     from .schedule import full_prompt
 
-    session = Session(quiet=quiet, verbose=verbose, say=say, **model_flags)
-    s = session.settings(schedule_file, prompt=o["prompts"][0] if o["prompts"] else None, steps=o["steps"])
-    prompts = o["prompts"] or [full_prompt(s, k) for k in s.resolved]
-    if not prompts or not any(prompts):
-        raise usage("live: give --prompt (repeatable) or a schedule file with prompts")
-    models = session.models(s)
-    native = models.native_size
-    w, h = o["width"] or native, o["height"] or native
-    if w % 8 or h % 8:
-        raise usage(f"--width/--height: must be multiples of 8, got {w}x{h}")
-    controls = None
-    if o["controlnet"]:
-        controls = live_controls(models, o["controlnet"], o["control_map"], w, h, o["fit"])
-    sty = img2img.Stylizer(models, steps=o["steps"], guidance=o["guidance"], seed=o["seed"],
-                           negative_prompt=s.negative_prompt)
-    src = live.open_source(o["camera"], o["source"], o["loop"])
-    opts = live.Options(prompts=prompts, strength=o["strength"], width=w, height=h, fit=o["fit"], out=o["out"],
-                        fps=o["fps"], max_frames=o["max_frames"], duration=o["duration"], similarity=o["similarity"],
-                        window=o["window"], virtual_cam=o["virtual_cam"], seed=o["seed"])
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as KeyboardInterrupt, handled in run()
-    summary = live.run(sty, src, opts, say=say, controls=controls)
+    serve, sock, token = o.get("serve", False), None, None
+    if serve:  # bound before the models load: a busy port fails at once
+        from .web import server as web
+
+        token = web.make_token(o["host"], o["token"])
+        sock = web.bind(o["host"], o["port"])
+    try:
+        session = Session(quiet=quiet, verbose=verbose, say=say, **model_flags)
+        s = session.settings(schedule_file, prompt=o["prompts"][0] if o["prompts"] else None, steps=o["steps"])
+        prompts = o["prompts"] or [full_prompt(s, k) for k in s.resolved]
+        if not prompts or not any(prompts):
+            raise usage("live: give --prompt (repeatable) or a schedule file with prompts")
+        models = session.models(s)
+        native = models.native_size
+        w, h = o["width"] or native, o["height"] or native
+        if w % 8 or h % 8:
+            raise usage(f"--width/--height: must be multiples of 8, got {w}x{h}")
+        controls = None
+        if o["controlnet"]:
+            controls = live_controls(models, o["controlnet"], o["control_map"], w, h, o["fit"])
+        sty = img2img.Stylizer(models, steps=o["steps"], guidance=o["guidance"], seed=o["seed"],
+                               negative_prompt=s.negative_prompt)
+        if o.get("stream_batch"):
+            sty = img2img.StreamBatch(sty)
+        browser_camera = serve and o["camera"] is None and o["source"] is None
+        src = None if browser_camera else live.open_source(o["camera"], o["source"], o["loop"])
+        opts = live.Options(prompts=prompts, strength=o["strength"], width=w, height=h, fit=o["fit"], out=o["out"],
+                            fps=o["fps"], max_frames=o["max_frames"], duration=o["duration"],
+                            similarity=o["similarity"], window=o["window"] and not serve,
+                            virtual_cam=o["virtual_cam"], seed=o["seed"])
+        open_browser = o.get("open_browser", False)
+        if opts.window and not serve and live.has_display() and not live.display_available()[0]:
+            from .web import server as web
+
+            say(f"no window: {live.display_available()[1]}; showing the page in the browser instead")
+            serve, open_browser, opts.window = True, True, False
+            sock = web.bind("127.0.0.1", 0)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as KeyboardInterrupt, handled in run()
+        if serve:
+            summary = web.serve(sty, src, opts, sock, o.get("host", "127.0.0.1") if o.get("serve") else "127.0.0.1",
+                                token, say=say, controls=controls, open_browser=open_browser, tls=o.get("tls"),
+                                announce=lambda m: print(m, flush=True))
+        else:
+            summary = live.run(sty, src, opts, say=say, controls=controls)
+    finally:
+        if sock is not None:
+            sock.close()
     echo = say if quiet else (lambda m: print(m, flush=True))
     echo(summary.line())
     if summary.recording:
-        echo(f"recorded {summary.recording}: {summary.frames_out} frames")
+        echo(f"recorded {summary.recording}: {summary.recorded} frames")
     if summary.interrupted:
         raise KeyboardInterrupt
     return summary

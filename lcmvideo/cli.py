@@ -472,20 +472,42 @@ def flicker(video_file, reference, as_json):
 @click.option("--control-map", type=click.Choice(list(INPUT_ANNOTATORS)),
               help="--controlnet's map: the pose (lcmvideo[pose]), Canny edges, or the shapes world's blob. "
                    "[default: openpose]")
+@click.option("--stream-batch", is_flag=True,
+              help="StreamDiffusion's denoising batch: successive frames at different steps in one UNet call "
+                   "(more fps where the UNet has room, e.g. a GPU; output lags steps - 1 frames).")
+@click.option("--serve", is_flag=True,
+              help="Serve a page instead of a window: the browser's camera (or --camera/--source, watched) is "
+                   "stylized, with controls for prompt, strength, steps, seed, similarity, record and snapshot.")
+@click.option("--host", metavar="ADDRESS",
+              help="--serve on this address; any but 127.0.0.1/localhost/::1 needs the token in the URL printed.  "
+                   "[default: 127.0.0.1]")
+@click.option("--port", type=click.IntRange(0, 65535), help="--serve on this port (0: any free one).  [default: 8765]")
+@click.option("--token", metavar="TEXT", help="--serve: require this token (16+ of A-Z a-z 0-9 _ -), also on 127.0.0.1.  "
+                                              "[default: a random one off the loopback]")
+@click.option("--open", "open_browser", is_flag=True, help="--serve: open the page in this machine's browser.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+              help="--serve over https with this certificate (browsers give the camera only to https or localhost).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), metavar="FILE", help="--tls-cert's private key.")
 @model_options
 @click.pass_obj
 def live(obj: Ctx, schedule_file, camera, source, loop, prompts, strength, steps, guidance, seed, width, height, fit,
          out, fps, max_frames, duration, similarity_threshold, no_window, virtual_cam, controlnet, control_map,
-         **model_kw):
+         stream_batch, serve, host, port, token, open_browser, tls_cert, tls_key, **model_kw):
     """Stylize a camera (or a video, or a synthetic source) in real time.
 
+    A window opens where there is a display (tkinter; without it, the page below in the browser).
     Keys in the window: q/Esc quit, space pause, s snapshot, p next prompt. Without a display
     the result is recorded (default live.mp4) and fps is logged. Ctrl-C stops cleanly.
+
+    --serve serves a page (http://127.0.0.1:8765/ by default): the browser's camera goes to the
+    model over a WebSocket and the stylized frames come back; the newest frame wins, nothing
+    queues. For a remote GPU, tunnel the port (ssh -L 8765:127.0.0.1:8765 gpu-box) or bind
+    --host 0.0.0.0 with https (--tls-cert/--tls-key) and open the URL with its token.
 
     \b
     Examples:
       lcmvideo live -p "a blue circle" -p "a green square"
-      lcmvideo live --source clip.mp4 --loop -p "an oil painting" --out live.mp4
+      lcmvideo live --serve -p "an oil painting" --stream-batch
       lcmvideo live --source synthetic -p "a blue circle" --no-window --max-frames 100
     """
     from . import app
@@ -494,12 +516,20 @@ def live(obj: Ctx, schedule_file, camera, source, loop, prompts, strength, steps
         raise click.UsageError("--camera and --source exclude each other")
     if control_map and not controlnet:
         raise click.UsageError("--control-map goes with --controlnet MODEL")
+    given = [name for name, v in (("--host", host), ("--port", port), ("--token", token), ("--open", open_browser),
+                                  ("--tls-cert", tls_cert), ("--tls-key", tls_key)) if v not in (None, False)]
+    if given and not serve:
+        raise click.UsageError(f"{given[0]} goes with --serve")
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
     flags = {k: v for k, v in model_flags(**model_kw).items() if v not in (None, ())}
     app.live_command(schedule_file, flags, dict(
         camera=camera, source=source, loop=loop, prompts=list(prompts), strength=strength, steps=steps,
         guidance=guidance, seed=seed, width=width, height=height, fit=fit, out=out, fps=fps, max_frames=max_frames,
         duration=duration, similarity=similarity_threshold, window=not no_window, virtual_cam=virtual_cam,
-        controlnet=controlnet, control_map=INPUT_ANNOTATORS[control_map or "openpose"]),
+        controlnet=controlnet, control_map=INPUT_ANNOTATORS[control_map or "openpose"], stream_batch=stream_batch,
+        serve=serve, host=host or "127.0.0.1", port=8765 if port is None else port, token=token,
+        open_browser=open_browser, tls=(tls_cert, tls_key) if tls_cert else None),
         say=obj.say, quiet=obj.quiet, verbose=obj.verbose)
 
 
