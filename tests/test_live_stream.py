@@ -83,3 +83,12 @@ def test_stream_batch_changes_steps_between_frames(tiny_models):
     assert stream.steps == 4
     r = stream.push(clip[1], "x", 0.5, tag=1)
     assert r.discarded == [0] and stream.run == 4
+
+
+def test_stream_batch_refuses_tcd():
+    from types import SimpleNamespace
+
+    from diffusers import TCDScheduler
+
+    with pytest.raises(Exception, match="--stream-batch: runs the LCM sampler's steps"):
+        img2img.StreamBatch(SimpleNamespace(scheduler=TCDScheduler()))

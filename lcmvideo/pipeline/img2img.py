@@ -199,12 +199,16 @@ class StreamBatch:
     entered. The noise is the Stylizer's (fixed noise: the start noise, then one draw per step in
     the scheduler's order), so each frame comes out as `Stylizer(frame)` would make it (tested).
 
-    `decode` turns latents (N, 4, h, w) into uint8 frames (N, H, W, 3): the full VAE by default; a
-    faster decoder (TAESD, issue 20) plugs in here."""
+    `decode` turns latents (N, 4, h, w) into uint8 frames (N, H, W, 3): by default the Stylizer's
+    VAE, which is TAESD where the model set has it (`--vae`); another decoder can plug in here.
+    The batch's per-frame step is LCM's; TCD (models.sampler) is refused."""
 
     def __init__(self, stylizer: Stylizer, decode=None):
         from diffusers import LCMScheduler
 
+        if not isinstance(stylizer.scheduler, LCMScheduler):
+            raise usage(f"--stream-batch: runs the LCM sampler's steps; the model set samples with "
+                        f"{type(stylizer.scheduler).__name__} (sampler: lcm, or drop --stream-batch)")
         self.sty = stylizer
         self.decode = decode or (lambda lat: decode_frames(stylizer.vae, lat))
         self.scheduler = LCMScheduler.from_config(stylizer.scheduler.config)
