@@ -544,7 +544,7 @@ class Loop:
 
     def _process(self, item: Item):
         """Stylize the newest frame, unless paused or (similarity filter) it barely changed."""
-        s = self.summary
+        s, self.work_t0 = self.summary, time.perf_counter()
         with self.lock:
             p = self.params
         if self.paused:
@@ -572,6 +572,7 @@ class Loop:
 
     def _advance(self):
         """Stream batch with no new frame: move the frames in flight on, so none waits for input."""
+        self.work_t0 = time.perf_counter()
         with self.lock:
             p = self.params
         for done, out in self.stylizer.advance(p.prompt).done:
@@ -583,7 +584,8 @@ class Loop:
         s.frames_out += 1
         s.emitted.append(now)
         s.latencies_ms.append(1000 * (now - item.t))
-        info = {"seq": item.seq, "latency_ms": s.latencies_ms[-1], "fps": s.rate(), "prompt": p.prompt,
+        info = {"seq": item.seq, "latency_ms": s.latencies_ms[-1], "work_ms": 1000 * (now - self.work_t0),
+                "fps": s.rate(), "prompt": p.prompt,
                 "elapsed": now - self.t0, "from_client": item.reply is not None}
         if item.reply is not None:
             item.reply.frame(item.ident, image, info)

@@ -343,3 +343,12 @@ def test_cli_serve_errors_are_one_line(tmp_path):
     cert.write_text("x")
     r = CliRunner().invoke(cli, ["live", "--serve", "--tls-cert", str(cert), "-p", "x"])
     assert r.exit_code == 2 and "--tls-key" in r.output
+
+
+def test_in_flight_rule():
+    """One frame in flight where the network's part is small against the model's; the window where
+    it is not (or the stream batch's window, which must fill the batch)."""
+    assert protocol.in_flight(2, [1.0] * 9, [40.0] * 9) == 2  # too few samples yet
+    assert protocol.in_flight(2, [3.0] * 20, [40.0] * 20) == 1  # loopback: no frame should wait
+    assert protocol.in_flight(2, [30.0] * 20, [40.0] * 20) == 2  # a real network: overlap sending and work
+    assert protocol.in_flight(4, [3.0] * 20, [40.0] * 20) == 4

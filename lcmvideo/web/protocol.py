@@ -6,14 +6,16 @@ Browser -> server
           {"type": "record", "on": bool}, {"type": "snapshot"}, {"type": "pause", "on": bool}
 Server -> browser
   binary  a stylized frame: 4-byte big-endian length n, n bytes of a JSON header
-          {"id", "seq", "latency_ms", "fps", "prompt"}, then a JPEG ("id" null for the server's source)
+          {"id", "seq", "latency_ms" (arrival to out), "work_ms" (the model's part), "fps", "prompt"},
+          then a JPEG ("id" null for the server's source)
   text    JSON {"type": "hello", "params", "prompts", "size", "window", "watch", "limits"},
           {"type": "settings", "params"}, {"type": "dropped" | "skipped", "id"},
           {"type": "error", "id"?, "message"}, {"type": "recording" | "recorded" | "snapshot", "path"}
 Every frame a client sends is answered once, under its id: a stylized frame, dropped (a newer one
 replaced it, waiting for the model or waiting to go out), skipped (the similarity filter) or an
-error. The page keeps `window` frames in flight and sends the next one when one is answered, so
-nothing queues anywhere: the newest frame wins end to end.
+error. The page keeps up to `window` frames in flight and sends the next one when one is answered,
+so nothing queues anywhere: the newest frame wins end to end. It keeps just one in flight where
+the network's part of the round trip is small against the model's (`in_flight` below).
 
 A frame is checked before it is decoded: its size in bytes, its kind (JPEG or PNG, from the first
 bytes) and its pixel count, read from the JPEG's SOF or the PNG's IHDR header.
@@ -132,10 +134,23 @@ def encode_frame(ident, image: np.ndarray, info: dict, quality: int = 90) -> byt
     from PIL import Image
 
     head = json.dumps({"id": ident, "seq": info.get("seq"), "latency_ms": round(info.get("latency_ms", 0.0), 1),
+                       "work_ms": round(info.get("work_ms", 0.0), 1),
                        "fps": round(info.get("fps", 0.0), 2), "prompt": info.get("prompt", "")}).encode()
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=quality)
     return struct.pack(">I", len(head)) + head + buf.getvalue()
+
+
+def in_flight(window: int, transit_ms: list, work_ms: list) -> int:
+    """How many frames a client keeps in flight (the page's rule, app.js): the server's `window`
+    while the network's part of a round trip (round trip less the server's latency) is over a
+    quarter of the model's time per frame, so sending overlaps inference; one where it is not,
+    so no frame waits at the server for the one before it. With fewer than 10 samples: `window`."""
+    if window <= 2 and len(transit_ms) >= 10 and len(work_ms) >= 10:
+        import statistics
+
+        return 1 if statistics.median(transit_ms[-20:]) <= 0.25 * statistics.median(work_ms[-20:]) else window
+    return window
 
 
 def read_frame(data: bytes) -> tuple[dict, bytes]:

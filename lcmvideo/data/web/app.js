@@ -1,6 +1,7 @@
 // lcmvideo live's page: the camera's frames to the server over a WebSocket, the stylized ones
 // back onto the canvas. At most `window` frames are in flight: the next is grabbed (the camera's
-// newest picture) only when one is answered, so nothing queues and latency cannot grow.
+// newest picture) only when one is answered, so nothing queues and latency cannot grow. Where the
+// network's part of a round trip is small against the model's, one is (protocol.in_flight).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -8,6 +9,7 @@ const token = new URLSearchParams(location.search).get("token") || "";
 const state = {  // the page's counters; the tests read them
   connected: false, hello: null, params: null, sent: 0, frames: 0, dropped: 0, skipped: 0, errors: 0,
   last: null, latencies: [], shown: [], messages: [], recording: false, paused: false,
+  transit: [], work: [], inFlight: 2,
 };
 window.lcmvideo = state;
 
@@ -69,7 +71,8 @@ async function onFrame(buf) {
   state.frames++; state.last = head;
   state.shown.push(now);
   state.latencies.push(t0 !== undefined ? now - t0 : head.latency_ms);
-  for (const a of [state.shown, state.latencies]) if (a.length > 300) a.shift();
+  if (t0 !== undefined) { state.transit.push(now - t0 - head.latency_ms); state.work.push(head.work_ms); }
+  for (const a of [state.shown, state.latencies, state.transit, state.work]) if (a.length > 300) a.shift();
   showStats(now);
 }
 
@@ -112,9 +115,19 @@ function expire() {  // a frame never answered (a lost message) must not hold it
   pump();
 }
 
+function median(values) { return percentile(values, 0.5); }
+
+function inFlight() {  // protocol.in_flight's rule
+  if (credit <= 2 && state.transit.length >= 10 && state.work.length >= 10) {
+    return median(state.transit.slice(-20)) <= 0.25 * median(state.work.slice(-20)) ? 1 : credit;
+  }
+  return credit;
+}
+
 function pump() {
   if (watching || !ws || ws.readyState !== WebSocket.OPEN || state.paused) return;
-  while (inflight.size < credit) if (!send()) break;
+  state.inFlight = inFlight();
+  while (inflight.size < state.inFlight) if (!send()) break;
 }
 
 function send() {
