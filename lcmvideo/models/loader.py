@@ -137,12 +137,28 @@ def _noise_schedule(ref: ModelRef) -> dict:
 
 def _on(sd: dict, dtype, device) -> dict:
     """The tensors of `sd` in the run's dtype (floating ones) and on its device, one at a time, each
-    source tensor let go as soon as it is converted: the peak is one copy plus one tensor."""
+    source tensor let go as soon as it is converted: the peak is one copy plus one tensor.
+
+    Always a copy, also where the dtype is already right: a tensor read with mmap stays a view of the
+    file, whose pages the kernel may drop under memory pressure and read from disk again in the
+    middle of a render."""
     out = {}
     for k in list(sd):
         v = sd.pop(k)
-        out[k] = v.to(device=device, dtype=dtype if v.is_floating_point() else None)
+        out[k] = v.to(device=device, dtype=dtype if v.is_floating_point() else None, copy=True)
     return out
+
+
+def _in_memory(module):
+    """A module from a library loader with its tensors copied into memory (see `_on`)."""
+    import itertools
+
+    import torch
+
+    with torch.no_grad():
+        for t in itertools.chain(module.parameters(), module.buffers()):
+            t.data = t.data.clone()
+    return module
 
 
 def _take(sd: dict, prefix: str) -> dict:
@@ -190,7 +206,7 @@ def _load_base(ref: ModelRef, dtype, device, with_vae: bool = True):
         unet_sd = _on(load_state_dict(_weights_file(path / "unet")), dtype, device)
         vae = _base_vae(ref, dtype, device) if with_vae else None
         kw = dict(torch_dtype=dtype, local_files_only=True, variant=_variant(path / "text_encoder"))
-        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw).to(device)
+        text_encoder = _in_memory(CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw).to(device))
         return config, unet_sd, vae, text_encoder, load_tokenizer()
 
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint
