@@ -136,7 +136,8 @@ def tokens_with_weights(tokenizer, text: str, embeddings: dict | None = None, se
     ids, weights, spans = [], [], []
     names = embeddings or {}
     for part, w in parse_weights(text):
-        for run, key, explicit in split_embeddings(part, names) if names or "embedding:" in part else [(part, None, 0)]:
+        runs = split_embeddings(part, names) if names or "embedding:" in part else [(part, None, False)]
+        for run, key, explicit in runs:
             if key is not None:
                 e = names[key]
                 spans.append((len(ids), len(e.ids)))
