@@ -137,7 +137,7 @@ def shapes(args):
     session = Session()
     models = session.models(session.settings(prompt="x"))
     vae = models.pipe.vae
-    steps = 50 if args.quick else args.train_steps
+    steps = 5 if args.quick else args.train_steps
     print(f"\n64x64, the shapes family: distilling a TAESD-architecture decoder for {steps} steps")
     tiny = distil(models, steps, cache_dir() / f"taesd-shapes-{embedded.version()}-{steps}-v2.safetensors")
     cases = quality.prompts_and_truth(1)[:3 if args.quick else None]
@@ -167,12 +167,12 @@ def full_size(args):
     from lcmvideo.paths import DATA
     from lcmvideo.pipeline.decode import chunk_for, decode_frames
 
-    size = 256 if args.quick else 512
+    size = 128 if args.quick else 512
     print(f"\n{size}x{size}, full size, random weights ({torch.get_num_threads()} threads)")
     torch.manual_seed(0)
     kl = AutoencoderKL.from_config(AutoencoderKL.load_config(DATA / "sd15" / "vae")).eval()
     tiny = AutoencoderTiny().eval()
-    lat = torch.randn(2 if args.quick else 4, 4, size // 8, size // 8)
+    lat = torch.randn(1 if args.quick else 4, 4, size // 8, size // 8)
     chunk = chunk_for(size, size)
 
     def by_chunks(v):
@@ -190,6 +190,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="a smoke check in seconds, not a measurement")
     a = ap.parse_args()
+    if a.quick:
+        a.reps = 1
     import platform
 
     import torch
