@@ -117,6 +117,34 @@ def test_chunked_decode_equals_whole(tiny_models):
     assert np.abs(whole.astype(int) - single).max() <= 1
 
 
+def test_feed_forward_in_row_slices_equals_whole(tiny_models):
+    from diffusers.models.attention import FeedForward
+
+    from lcmvideo.models.chunking import bound_feed_forward
+
+    unet = tiny_models.pipe.unet
+    ffs = [m for m in unet.modules() if isinstance(m, FeedForward)]
+    assert ffs and all(hasattr(m, "_whole") for m in ffs)  # the loader bounded every one
+    assert bound_feed_forward(unet) == 0  # and bounding twice changes nothing
+    torch.manual_seed(0)
+    x, ehs = torch.randn(1, 4, 6, 8, 8), torch.randn(6, 77, unet.config.cross_attention_dim)
+    rows = [m._rows for m in ffs]
+    calls = []
+    try:
+        with torch.inference_mode():
+            whole = unet(x, torch.tensor(500), encoder_hidden_states=ehs).sample
+            for m in ffs:
+                m._rows = 7  # an odd slice, so the last one is short
+                m.net[0].register_forward_hook(lambda mod, i, o: calls.append(len(i[0])))
+            sliced = unet(x, torch.tensor(500), encoder_hidden_states=ehs).sample
+    finally:
+        for m, r in zip(ffs, rows):
+            m._rows = r
+            m.net[0]._forward_hooks.clear()
+    assert calls and max(calls) <= 7  # the slices really ran
+    torch.testing.assert_close(sliced, whole, rtol=1e-5, atol=1e-5)
+
+
 def test_decode_chunks_shrink_with_the_frame_size():
     from lcmvideo.pipeline.decode import CHUNK, chunk_for
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import runtime, usage
 from ..paths import DATA
 from . import embedded
+from .chunking import bound_feed_forward
 from .identify import FAMILY_BY_CONTEXT
 from .libraries import configure
 from .locate import ModelRef, ModelSpec
@@ -55,6 +56,7 @@ class Models:
                 raise usage(f"{ref.path}: a ControlNet for a UNet with channels {tuple(cn.config.block_out_channels)} "
                             f"and cross-attention {cn.config.cross_attention_dim}; the base model has "
                             f"{tuple(unet.config.block_out_channels)} and {unet.config.cross_attention_dim}")
+            bound_feed_forward(cn)
             self.controlnets[key] = cn.to(self.spec.device).eval()
         return self.controlnets[key]
 
@@ -580,6 +582,7 @@ def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True, previous: M
         pipe = AnimateDiffPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    motion_adapter=None, scheduler=scheduler, feature_extractor=None,
                                    image_encoder=None)
+        bound_feed_forward(unet)
         table = _apply_embeddings(text_encoder, spec.embeddings, dtype, device)
         adapters = _apply_loras(pipe, spec, dtype, device)
         pipe.to(device)
