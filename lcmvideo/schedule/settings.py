@@ -104,7 +104,7 @@ class ControlSpec:
     missing: str = "none"  # frames without an image in a sparse folder: none (no control) | nearest
     fit: str = "crop"  # crop (cover, centre crop) | pad (fit inside, black bars) | stretch
     count: str = "error"  # video/pose_from with another frame count: error | stretch (resample evenly)
-    size: list | None = None  # [width, height] of the canvas of pixel-coordinate OpenPose JSON
+    size: list | str | None = None  # canvas of pixel-coordinate OpenPose JSON: [w, h], "WxH" or its image/video
 
     @property
     def source(self) -> tuple[str, str]:

@@ -206,8 +206,14 @@ def _control(d, path, where, base_dir: Path | None) -> ControlSpec:
             setattr(c, k, v)
     if d.get("size") is not None:
         v = d["size"]
-        if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v)):
-            raise where(path + ("size",), f"expected [width, height] in pixels, got {v!r}")
+        if isinstance(v, str) and v.strip():  # WxH, or the image/video the poses came from
+            q = Path(v).expanduser()
+            if base_dir is not None and not q.is_absolute() and (base_dir / q).exists():
+                v = str((base_dir / q).resolve())
+        elif not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                              and x > 0 for x in v)):
+            raise where(path + ("size",), f"expected [width, height] in pixels, WIDTHxHEIGHT or the image/video "
+                                          f"the poses came from, got {v!r}")
         c.size = v
     return c
 
@@ -283,7 +289,7 @@ def from_dict(d: Any, where: Where, base_dir: Path | None = None) -> Settings:
     if d.get("shared_noise") is not None:  # null, as a sidecar may say: the model's default
         s.shared_noise = _num(d["shared_noise"], ("shared_noise",), where, *NUMBERS["shared_noise"])
     if d.get("seed") is not None:
-        s.seed = _num(d["seed"], ("seed",), where, int, lo=0, hi=2**63 - 1, what="a whole number")
+        s.seed = _num(d["seed"], ("seed",), where, int, lo=0, hi=2**64 - 1, what="a whole number")  # torch's range
     if "models" in d:
         s.models = _models(d["models"], ("models",), where, base_dir)
     if "controlnet" in d:
