@@ -323,10 +323,10 @@ def plan_command(schedule_file: Path, flags: dict, as_json: bool = False, echo=p
         echo(f"warning: {w}")
 
 
-def convert_command(source: Path, output: Path | None, echo=print):
+def convert_command(source: Path, output: Path | None, echo=print, clip: int | None = None):
     import yaml
 
-    s = schedule.load(source)
+    s = schedule.load(source, clip)
     d, defaults = s.to_dict(), Settings().to_dict()
     for k in list(d):  # keep the file short: only what differs from the defaults
         if d[k] == defaults[k]:

@@ -186,7 +186,9 @@ def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_d
                    "[default: the motion module's, 0 for most]")
 @click.option("--controlnet", "controlnets", nargs=2, multiple=True, metavar="MODEL SOURCE",
               help="A ControlNet and its conditioning: a folder of numbered images or OpenPose JSON, an image, "
-                   "or a video; MODEL 'embedded' with the embedded base. Repeatable; replaces the file's.")
+                   "or a video; MODEL 'embedded' with the embedded base. OpenPose JSON in pixels without a canvas "
+                   "size: FOLDER@WIDTHxHEIGHT or FOLDER@VIDEO (the video the poses came from). Repeatable; "
+                   "replaces the file's.")
 @click.option("--controlnet-scale", type=click.FloatRange(min=0, max=5),
               help="Scale of all ControlNets (travels per keyframe as controlnet_scale).  [default: 1.0]")
 @click.option("--context-length", type=click.IntRange(min=2, max=64),
@@ -198,11 +200,13 @@ def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_d
 def render(obj: Ctx, schedule_files, output, watch, max_renders, seeds, workers, ray_address, fmt, prompt, negative_prompt,
            frames, width, height, fps, steps,
            guidance, seed, shared_noise, controlnets, controlnet_scale, context_length, context_overlap, **model_kw):
-    """Render clips from schedule files (YAML/JSON, an animatediff-cli-prompt-travel
-    JSON, or an A1111 prompt-box .txt; folders and globs too) or a --prompt.
+    """Render clips from schedule files (YAML/JSON; animatediff-cli-prompt-travel JSON; a ComfyUI
+    workflow .json, or the PNG/MP4 ComfyUI wrote; FizzNodes schedule or A1111 prompt-box .txt;
+    folders and globs too) or a --prompt.
 
-    Several files or --seeds make a batch: the models load once, a bad job fails alone,
-    and jobs whose output is already there with the same settings are skipped.
+    Several files, --seeds, or an older AnimateDiff config's prompt list make a batch: the models
+    load once, a bad job fails alone, jobs whose output is already there with the same settings
+    are skipped, and -o DIR is made when missing.
 
     A render's sidecar JSON (OUTPUT.json) is itself a schedule file: `lcmvideo render clip.mp4.json`
     renders the same frames again.
@@ -254,19 +258,23 @@ def plan(schedule_file, frames, as_json):
 @click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the lcmvideo YAML.  [default: stdout]")
-def convert(source, output):
-    """Turn an animatediff-cli-prompt-travel JSON or an A1111 prompt-box .txt into an lcmvideo schedule.
+@click.option("--clip", type=click.IntRange(min=0), help="Which clip of a file holding several.  [default: 0]")
+def convert(source, output, clip):
+    """Turn another tool's file into an lcmvideo schedule: animatediff-cli-prompt-travel JSON, a
+    ComfyUI workflow (.json, or a PNG/MP4 ComfyUI wrote), FizzNodes schedule or A1111 prompt-box .txt.
 
-    Prints what could not be carried over. `render` also reads these files directly.
+    Prints what could not be carried over. `render` and `plan` also read these files directly.
+    For an older AnimateDiff config with several prompts, --clip N picks the clip (from 0).
 
     \b
     Examples:
       lcmvideo convert prompt_travel.json -o travel.yaml
-      lcmvideo convert prompts.txt
+      lcmvideo convert ComfyUI_00001_.png -o workflow.yaml
+      lcmvideo convert schedule.txt
     """
     from . import app
 
-    app.convert_command(source, output, click.echo)
+    app.convert_command(source, output, click.echo, clip)
 
 
 @cli.command(context_settings=CONTEXT)

@@ -361,12 +361,7 @@ def _motion(r: _Reader, nid: str, n: dict, models: dict, out: dict):
         _motion_loras(r, loader["inputs"].get("motion_lora"), models)
         scale = r.value(loader, "motion_scale", kinds=(int, float))
         if scale is not None and scale != 1:
-            from .importers import settings_keys
-
-            if "motion_scale" in settings_keys():
-                out["motion_scale"] = float(scale)
-            else:
-                r.notes.append(f"{src}: node {nid}: motion_scale {scale:g} not carried over")
+            out["motion_scale"] = float(scale)
         if n["type"] == "ADE_AnimateDiffLoaderV1Advanced":
             _context(r, nid, n, out)
     ctx = r.node(n["inputs"].get("context_options"))
@@ -411,12 +406,8 @@ def _motion_loras(r: _Reader, link, models):
         if name:
             found.append({"path": name, "weight": float(min(max(w, -5), 5))})
         link = n["inputs"].get("prev_motion_lora")
-    from .importers import model_keys
-
-    if found and "motion_loras" in model_keys():
+    if found:
         models["motion_loras"] = list(reversed(found))
-    elif found:
-        r.notes.append(f"{r.source}: motion LoRAs not carried over (this lcmvideo has no motion LoRAs)")
 
 
 def _conditioning(r: _Reader, link, out, positive: bool):

@@ -48,13 +48,19 @@ S9_QUIET = {"name", "compile", "unet_batch_size", "result", "stylize_config", "u
             "is_single_prompt_mode", "tensor_interpolation_slerp", "context_schedule"}
 
 
-def settings_keys() -> set[str]:
-    """What this lcmvideo's schedules accept at the top level (features other branches may add)."""
-    return {f.name for f in fields(Settings)}
-
-
-def model_keys() -> set[str]:
-    return {f.name for f in fields(ModelPaths)}
+def supported(data: dict, source: str, notes: list[str]) -> dict:
+    """`data` less the settings this lcmvideo does not have (motion LoRAs, IP-Adapter and init images
+    come with their features), each named in a note."""
+    top = {f.name for f in fields(Settings)}
+    inner = {f.name for f in fields(ModelPaths)}
+    out = {k: v for k, v in data.items() if k in top}
+    for k in sorted(set(data) - top):
+        notes.append(f"{source}: {k} not carried over (this lcmvideo has no {k.replace('_', ' ')})")
+    if isinstance(data.get("models"), dict):
+        out["models"] = {k: v for k, v in data["models"].items() if k in inner}
+        for k in sorted(set(data["models"]) - inner):
+            notes.append(f"{source}: models.{k} not carried over (this lcmvideo has no {k.replace('_', ' ')})")
+    return out
 
 
 def _frame_key(k, path: tuple, where) -> int:
@@ -200,10 +206,8 @@ def from_animatediff_json(data: dict, where) -> list[tuple[dict, list[str]]]:
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not -5 <= w <= 5:
             raise where(("motion_lora_map", p), f"expected a weight from -5 to 5, got {w!r}")
         motion_loras.append({"path": path_of(str(p)), "weight": float(w)})
-    if motion_loras and "motion_loras" in model_keys():
+    if motion_loras:
         models["motion_loras"] = motion_loras
-    elif motion_loras:
-        notes.append(f"{src}: motion_lora_map not carried over (this lcmvideo has no motion LoRAs)")
 
     controlnets = _controlnets(data, where, path_of, notes)
     if controlnets:
@@ -384,9 +388,6 @@ def _ip_adapter(data, where, path_of, notes, common):
     spec = {"model": model, "image": path_of(folder)}
     if isinstance(m.get("scale"), (int, float)) and not isinstance(m.get("scale"), bool):
         spec["scale"] = float(m["scale"])
-    if "ip_adapter" not in settings_keys():
-        notes.append(f"{src}: ip_adapter_map not carried over (this lcmvideo has no IP-Adapter)")
-        return
     common["ip_adapter"] = spec
     if m.get("prompt_fixed_ratio", 0.5) != data.get("prompt_fixed_ratio", 0.5):
         notes.append(f"{src}: ip_adapter_map.prompt_fixed_ratio: images hold as the prompts do here (hold)")
@@ -402,9 +403,6 @@ def _img2img(data, where, path_of, notes, common):
     if root is not None and not root.is_absolute():
         root = Path(where.source).parent / root
     images = _numbered(root)
-    if "init_image" not in settings_keys():
-        notes.append(f"{src}: img2img_map not carried over (this lcmvideo has no init image)")
-        return
     if not images:
         notes.append(f"{src}: img2img_map: no numbered images in {root}; not carried over")
         return

@@ -58,7 +58,8 @@ def load(path: Path, clip: int | None = None) -> Settings:
         if clip is None and len(items) > 1:
             notes = notes + [f"{path}: {len(items)} clips (one per prompt); this is the first, "
                              "`lcmvideo render` renders them all"]
-        s = from_dict(data, where, path.parent)
+        notes = list(notes)
+        s = from_dict(importers.supported(data, str(path), notes), where, path.parent)
         s.warnings[:0] = notes
         return s
     if isinstance(data, dict) and SIDECAR_MARK in data and "settings" in data:
