@@ -465,6 +465,8 @@ def test_s9_any_shape(data):
 
 
 NODE_TYPES = sorted(comfy.WIDGETS) + ["Unknown"]
+SCHEDULE_TEXT = st.sampled_from(['"0": "a",', '"40": "b --neg c",\n"max_f": "d"', '"x": "y"', '0 = "a", 0.5: = "b"',
+                                 '"-1": "z"', "{", '"0": 3'])
 
 
 @FUZZ
@@ -473,8 +475,9 @@ NODE_TYPES = sorted(comfy.WIDGETS) + ["Unknown"]
     "inputs": st.dictionaries(st.sampled_from(["model", "positive", "negative", "latent_image", "text", "seed",
                                                "steps", "cfg", "width", "batch_size", "ckpt_name", "image",
                                                "control_net", "context_options", "strength", "max_frames"]),
-                              json_value | st.tuples(st.sampled_from([str(i) for i in range(6)]),
-                                                     st.integers(0, 2)).map(list), max_size=5)}), min_size=1))
+                              json_value | SCHEDULE_TEXT | st.tuples(st.sampled_from([str(i) for i in range(6)]),
+                                                                     st.integers(0, 2)).map(list), max_size=5)}),
+                       min_size=1))
 def test_comfyui_api_any_shape(data):
     def go():
         for d, notes in comfy.from_workflow(data, Where("x.json")):

@@ -244,7 +244,7 @@ def from_workflow(data: dict, where) -> list[tuple[dict, list[str]]]:
         for k in dropped:
             r.notes.append(f"{src}: BatchPromptSchedule keyframe {k} is beyond the latent batch ({frames} frames)")
             kfs.pop(k)
-        out["keyframes"] = kfs or {"0": next(iter(pairs.values()))}
+        out["keyframes"] = kfs or {"0": {"prompt": next(iter(pairs.values()))}}
         out["hold"], out["interpolation"] = 0.0, "linear"
     else:  # ADE prompt scheduling
         out["keyframes"] = value
@@ -252,23 +252,18 @@ def from_workflow(data: dict, where) -> list[tuple[dict, list[str]]]:
         nkind, nvalue = negative
         if nkind == "text":
             out["negative_prompt"] = nvalue
-        elif nkind == "fizz_neg" and kind == "fizz":
-            for k in out["keyframes"].values():
-                if isinstance(k, dict) and "negative_prompt" in k:
-                    k["negative_prompt"] = k["negative_prompt"]
-        else:
-            r.notes.append(f"{src}: the negative prompt's schedule is not carried over (its first text is used)")
+        elif not (nkind == "fizz_neg" and kind == "fizz"):  # a schedule's NEG output: its keyframes say it
+            r.notes.append(f"{src}: the negative prompt's schedule is not carried over (its first prompt is used)")
             if nkind == "ade":
                 first = next(iter(nvalue.values()), {})
-                out["negative_prompt"] = first.get("prompt", "") if isinstance(first, dict) else str(first)
-            elif nkind == "fizz":
+                out["negative_prompt"] = first.get("prompt", "")
+            else:
                 text, max_frames, pre, app = nvalue
                 pairs = fizz.parse_pairs(text, f"{src}: BatchPromptSchedule")
                 out["negative_prompt"] = " ".join((pre, next(iter(pairs.values())), app)).strip()
     if kind == "fizz" and (negative is None or negative[0] != "fizz_neg"):
         for k in out["keyframes"].values():  # the NEG output not wired to the sampler: no per-frame negatives
-            if isinstance(k, dict):
-                k.pop("negative_prompt", None)
+            k.pop("negative_prompt", None)
 
     for nid, n in nodes.items():  # nodes read wherever they are
         if n["mode"] in (2, 4):

@@ -319,6 +319,8 @@ def apply_overrides(s: Settings, **flags) -> Settings:
         raise usage(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {flags['sampler']!r}")
     if flags.get("gamma") is not None and not 0 <= flags["gamma"] <= 1:
         raise usage(f"--gamma: expected a number from 0 to 1, got {flags['gamma']}")
+    if flags.get("seed") is not None and not 0 <= flags["seed"] <= 2**64 - 1:
+        raise usage(f"--seed: expected a whole number from 0 to 2^64-1, got {flags['seed']}")
     if flags.get("clip_skip") is not None and not (isinstance(flags["clip_skip"], int) and 1 <= flags["clip_skip"] <= 12):
         raise usage(f"--clip-skip: expected a whole number from 1 to 12, got {flags['clip_skip']!r}")
     s = s.copy()
