@@ -32,7 +32,7 @@ def _cross_attentions(unet):
 
 def ip_state_dict(unet, kind="plain", seed=0, image_width=None):
     """{"image_proj": ..., "ip_adapter": ...} in h94's original key layout, random but seeded."""
-    from diffusers.models.embeddings import ImageProjection, IPAdapterPlusImageProjection
+    from diffusers.models.embeddings import ImageProjection, IPAdapterFullImageProjection, IPAdapterPlusImageProjection
 
     torch.manual_seed(seed)
     ctx = unet.config.cross_attention_dim
@@ -44,6 +44,10 @@ def ip_state_dict(unet, kind="plain", seed=0, image_width=None):
         m = ImageProjection(cross_attention_dim=ctx, image_embed_dim=image_width or ENCODER["projection_dim"],
                             num_image_text_embeds=4)
         proj = {k.replace("image_embeds", "proj"): v for k, v in m.state_dict().items()}
+    elif kind == "full":
+        m = IPAdapterFullImageProjection(cross_attention_dim=ctx, image_embed_dim=image_width or ENCODER["hidden_size"])
+        names = {"ff.net.0.proj": "proj.0", "ff.net.2": "proj.2", "norm": "proj.3"}
+        proj = {names[k.rsplit(".", 1)[0]] + "." + k.rsplit(".", 1)[1]: v for k, v in m.state_dict().items()}
     else:
         m = IPAdapterPlusImageProjection(embed_dims=image_width or ENCODER["hidden_size"], output_dims=ctx,
                                          hidden_dims=64, depth=4, dim_head=64, heads=1, num_queries=4)
@@ -102,6 +106,7 @@ def kit(tmp_path_factory, tiny_models):
     out["bin"] = write_adapter(ip_state_dict(unet), d / "ip-adapter_tiny.bin")
     out["safetensors"] = write_adapter(ip_state_dict(unet), d / "ip-adapter_tiny.safetensors")
     out["plus"] = write_adapter(ip_state_dict(unet, "plus", seed=1), d / "ip-adapter-plus_tiny.safetensors")
+    out["full"] = write_adapter(ip_state_dict(unet, "full", seed=2), d / "ip-adapter-full-face_tiny.bin")
     out["encoder"] = write_encoder(d / "image_encoder")
     out["red"] = write_image(d / "red.png", (220, 30, 30))
     out["blue"] = write_image(d / "blue.png", (30, 30, 220))
@@ -147,7 +152,7 @@ def test_scale_zero_is_no_ip_adapter_and_the_image_matters(kit, tiny_models):
     np.testing.assert_array_equal(red, render(tiny_models, ip_settings(kit, image="red")))  # seeded
 
 
-@pytest.mark.parametrize("kind", ["bin", "plus"])
+@pytest.mark.parametrize("kind", ["bin", "plus", "full"])
 def test_one_unet_call_equals_diffusers_load_ip_adapter(kit, tiny_models, kind):
     """diffusers' AnimateDiffPipeline.load_ip_adapter + prepare_ip_adapter_image_embeds +
     added_cond_kwargs against the project's loader, IpCond and denoise.predict, with CFG."""
@@ -380,3 +385,20 @@ def test_restyle_frames_mode_refuses_and_animatediff_takes_it(kit, tiny_models, 
     out = session.restyle_to_file(clip, tmp_path / "out.mp4", options=restyle.Options(mode="animatediff",
                                                                                      report=False), **flags)
     assert video.read(out)[0].shape == (4, 64, 64, 3)
+
+
+@pytest.mark.parametrize("kind", ["bin", "plus"])
+def test_loading_initialises_nothing_at_random_and_leaves_the_unet_as_it_was(kit, tiny_models, real_inits, kind):
+    """diffusers' loader runs with its no_init_weights (only layer norms' ones and zeros are set);
+    the encoder is built on the meta device."""
+    from lcmvideo.models import ipadapter, resolve_ip_adapter
+    from lcmvideo.schedule import IpAdapterSpec
+
+    unet = tiny_models.pipe.unet
+    before = {k: type(v) for k, v in unet.attn_processors.items()}
+    ref, enc = resolve_ip_adapter(IpAdapterSpec(str(kit[kind]), str(kit["red"])), tiny_models.spec)
+    real_inits.clear()
+    adapter = ipadapter.load(unet, ref, enc, "float32", "cpu")
+    assert [r for r in real_inits if r[0] not in ("ones_", "zeros_") or len(r[1]) != 1] == []
+    assert len(adapter.ip_processors()) == len(list(_cross_attentions(unet)))
+    assert {k: type(v) for k, v in unet.attn_processors.items()} == before and unet.encoder_hid_proj is None

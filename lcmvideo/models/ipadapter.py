@@ -7,7 +7,7 @@ with image_proj./ip_adapter. keys, and the CLIP image encoder they were trained 
 them in models/clip_vision).
 
 The adapter's attention processors and image projection are made by diffusers' own
-`_load_ip_adapter_weights` (the code behind `load_ip_adapter`), with initialisation skipped, then
+`_load_ip_adapter_weights` (the code behind `load_ip_adapter`), random initialisation skipped, then
 taken off the UNet again: they are installed only while a clip that uses them renders (`installed`),
 so renders without one, and the 2D view img2img shares the UNet's modules with, run the plain
 processors. The projection runs outside the UNet: UNetMotionModel would repeat one image embedding
