@@ -82,7 +82,8 @@ def from_source(source=None, clip: int | None = None, **flags) -> Settings:
     else:
         s = load(Path(source), clip) if source is not None else Settings()
     s = apply_overrides(s, **flags)
-    s.sources = {**s.sources, **{k: "flag" for k, v in flags.items() if k in MODEL_KEYS and v not in (None, ())}}
+    s.sources = {**s.sources, **{k: "flag" for k, v in flags.items() if (k in MODEL_KEYS or k.startswith("ip_"))
+                                 and v not in (None, ())}}
     return s
 
 
