@@ -135,6 +135,8 @@ def test_every_s9_key_carried_or_named(tmp_path):
     s = schedule.load(f)  # and it loads: what this lcmvideo lacks is named, the rest carried
     assert s.models.loras[1].key == name and s.resolved[2].params[f"lora:{name}"] == 0.0
     assert s.controlnet[0].model == "control_v11p_sd15_openpose"
+    assert (s.ip_adapter.model, s.ip_adapter.scale) == ("ip-adapter-plus_sd15", 0.5)
+    assert s.ip_adapter.image == str(f.parent / "ip_adapter_image/test")  # no data/ folder of it: beside the file
 
 
 def test_bad_frame_key_names_file_and_key(tmp_path):
