@@ -51,6 +51,7 @@ def test_older_format_is_one_clip_per_prompt_with_the_tools_seeds():
         assert d["negative_prompt"] == data["n_prompt"][i]
         assert d["seed"] == data["seed"][i] and d["frames"] == 16
     assert data["seed"][2] > 2**63  # the tool writes seeds above 2^63: they are kept exactly
+    assert any("badhandsv5-neg look like textual-inversion names" in n for n in clips[0][1])
     s = schedule.load(S9 / "02-Lyriel.json", clip=2)
     assert s.seed == 15875751942533906000 and s.resolved[0].prompt == data["prompt"][2]
     # one negative prompt for four prompts: the tool reuses it (index modulo the count)

@@ -42,6 +42,8 @@ CONTROLNET_QUIET = {"input_image_dir", "max_samples_on_vram", "max_models_on_vra
 # ip_adapter_map's switches -> the IP-Adapter SD1.5 file they pick (h94/IP-Adapter's names)
 IP_ADAPTERS = (("is_full_face", "ip-adapter-full-face_sd15"), ("is_plus_face", "ip-adapter-plus-face_sd15"),
                ("is_light", "ip-adapter_sd15_light"), ("is_plus", "ip-adapter-plus_sd15"))
+TI_LIKE = re.compile(r"(?i)^(easynegative|ng_deepnegative\w*|verybadimagenegative\w*|unrealisticdream|"
+                     r"bad[-_]?(hands?|artist|prompt|dream|picture)\w*|[a-z]\w*-neg|[a-z]\w*_neg)$")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # keys that change nothing a render here could show (speed switches, other commands' settings)
 S9_QUIET = {"name", "compile", "unet_batch_size", "result", "stylize_config", "upscale_config",
@@ -425,6 +427,11 @@ def _embeddings(data, data_dir, notes, src, common, negs):
         texts += [str(v) for v in data["prompt_map"].values()]
     folder = data_dir / "embeddings" if data_dir is not None else None
     if folder is None or not folder.is_dir():
+        named = sorted({w for w in re.findall(r"[\w\-]+", " ".join(texts)) if TI_LIKE.search(w)})
+        if named:
+            notes.append(f"{src}: {', '.join(named[:4])}{', ...' if len(named) > 4 else ''} look like textual-"
+                         "inversion names (the tool loads data/embeddings); here a word names an embedding found "
+                         "with --embedding or in --models-dir")
         return
     words = set(re.findall(r"[\w\-.]+", " ".join(texts).lower()))
     found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".pt", ".safetensors", ".bin")
