@@ -151,6 +151,7 @@ def test_prompt_list_renders_as_a_batch_into_a_new_folder(tmp_path):
     f = tmp_path / "old.json"
     f.write_text(json.dumps({"name": "x", "base": "", "prompt": ["a red circle", "a blue square"],
                              "n_prompt": [""], "seed": [3, 16372571278361864000], "steps": 1}))
+    assert schedule.from_source(f, clip=1, frames=2).resolved[0].prompt == "a blue square"  # the Session's way
     out = tmp_path / "renders" / "deep"
     r = CliRunner().invoke(cli, ["-q", "render", str(f), "-o", f"{out}/", "--frames", "2", "-W", "16", "-H", "16"])
     assert r.exit_code == 0, r.output
