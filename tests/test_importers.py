@@ -62,6 +62,7 @@ def test_older_format_is_one_clip_per_prompt_with_the_tools_seeds():
     assert d["models"]["base"] == "models/sd/CounterfeitV30_25.safetensors"
     assert d["models"]["loras"] == [{"path": "models/sd/lora_Ghibli_n3.safetensors", "weight": 1.0}]
     assert any("scheduler 'k_dpmpp' not carried over" in n for n in notes)
+    assert "steps" not in d and "guidance" not in d  # 25 steps at CFG 7.5 are k_dpmpp's, not LCM's
     with pytest.raises(LcmvideoError, match=r"holds 4"):
         schedule.load(S9 / "02-Lyriel.json", clip=4)
     prompts = _clips({"prompts": ["a", "b"], "seed": [-1, 7]})  # the `prompts` spelling, -1 = random
@@ -390,6 +391,9 @@ def test_comfyui_gen2_nodes_and_ade_prompt_scheduling():
     assert d["keyframes"] == {"0": {"prompt": "a cat"}, "0.5": {"prompt": "a dog"}}
     assert (d["seed"], d["steps"], d["width"], d["height"], d["frames"]) == (2**64 - 1, 6, 256, 384, 24)
     assert any("sampler 'euler' not carried over" in n for n in notes)
+    wf["9"]["inputs"].update(steps=25, cfg=7.5)  # set for euler: LCM would burn at CFG 7.5
+    (d, notes), = comfy.from_workflow(wf, Where("gen2.json"))
+    assert "steps" not in d and "guidance" not in d and any("steps 25 and guidance 7.5 suit" in n for n in notes)
     wf["9"]["class_type"] = "SamplerCustom"
     with pytest.raises(LcmvideoError, match=r"gen2.json: no KSampler"):
         comfy.from_workflow(wf, Where("gen2.json"))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import usage
 from . import fizz
+from .importers import lcm_sampling
 
 SEED = ("seed", "control_after_generate")
 WIDGETS = {  # node type -> its widgets' names, in widgets_values' order
@@ -224,6 +225,7 @@ def from_workflow(data: dict, where) -> list[tuple[dict, list[str]]]:
         r.notes.append(f"{src}: node {sid}: denoise {denoise:g} (img2img) not carried over; see lcmvideo restyle")
 
     _model_chain(r, ks.get("inputs", {}).get("model"), models, out)
+    lcm_sampling(out, sampler == "lcm" or "lcm_lora" in models, f"{src}: node {sid}", r.notes)
     positive = _conditioning(r, ks["inputs"].get("positive"), out, positive=True)
     negative = _conditioning(r, ks["inputs"].get("negative"), out, positive=False)
     _latent(r, ks["inputs"].get("latent_image"), out)

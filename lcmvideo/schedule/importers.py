@@ -65,6 +65,20 @@ def supported(data: dict, source: str, notes: list[str]) -> dict:
     return out
 
 
+def lcm_sampling(out: dict, uses_lcm: bool, what: str, notes: list[str]):
+    """Steps and guidance set for another sampler (25 steps at CFG 7.5) would burn an LCM render:
+    outside LCM's range (1-8 steps, guidance up to 2) they give way to lcmvideo's defaults, noted."""
+    if uses_lcm:
+        return
+    dropped = [f"{k} {out[k]:g}" for k, hi in (("steps", 8), ("guidance", 2.0)) if k in out and out[k] > hi]
+    for k, hi in (("steps", 8), ("guidance", 2.0)):
+        if k in out and out[k] > hi:
+            out.pop(k)
+    if dropped:
+        notes.append(f"{what}: {' and '.join(dropped)} suit its sampler, not LCM's few steps; lcmvideo's defaults "
+                     "are used (give --steps/--guidance to keep them)")
+
+
 def _frame_key(k, path: tuple, where) -> int:
     text = str(k).strip()
     if isinstance(k, bool) or not is_number(text) or float(text) < 0 or not float(text).is_integer():
@@ -176,6 +190,7 @@ def from_animatediff_json(data: dict, where) -> list[tuple[dict, list[str]]]:
     elif lcm_map:
         notes.append(f"{src}: lcm_map is disabled there (enable: false); lcmvideo always samples with the "
                      "LCM-LoRA, at lcm_lora_scale")
+    lcm_sampling(common, scheduler == "lcm" or lcm_map.get("enable") is True, src, notes)
     if scheduler not in (None, "", "lcm"):
         notes.append(f"{src}: scheduler {scheduler!r} not carried over: lcmvideo samples the LCM-LoRA "
                      "with lcm or tcd (models.sampler)")
