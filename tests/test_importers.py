@@ -399,6 +399,28 @@ def test_comfyui_gen2_nodes_and_ade_prompt_scheduling():
         comfy.from_workflow(wf, Where("gen2.json"))
 
 
+def test_comfyui_lcm_gen1_graph():
+    """The LCM tutorial's shape: LCM LoRA (model only), ModelSamplingDiscrete lcm, the Gen1 loader
+    with a Multival motion scale, euler_ancestral at LCM's steps and CFG."""
+    wf = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "b.safetensors"}},
+          "2": {"class_type": "LoraLoaderModelOnly", "inputs": {"lora_name": "LCM/pytorch_lora_weights.safetensors",
+                                                                "strength_model": 0.9, "model": ["1", 0]}},
+          "3": {"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "lcm", "zsnr": False, "model": ["2", 0]}},
+          "4": {"class_type": "ADE_MultivalDynamic", "inputs": {"float_val": 1.2}},
+          "5": {"class_type": "ADE_AnimateDiffLoaderGen1", "inputs": {
+              "model_name": "mm.ckpt", "beta_schedule": "lcm", "model": ["3", 0], "scale_multival": ["4", 0]}},
+          "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
+          "7": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 16}},
+          "8": {"class_type": "KSampler", "inputs": {
+              "seed": 1, "steps": 8, "cfg": 2.5, "sampler_name": "euler_ancestral", "scheduler": "sgm_uniform",
+              "denoise": 1, "model": ["5", 0], "positive": ["6", 0], "negative": ["6", 0], "latent_image": ["7", 0]}}}
+    (d, notes), = comfy.from_workflow(wf, Where("w.json"))
+    assert d["models"] == {"base": "b.safetensors", "lcm_lora": "LCM/pytorch_lora_weights.safetensors",
+                           "lcm_lora_scale": 0.9, "sampler": "lcm", "motion": "mm.ckpt"}
+    assert (d["steps"], d["guidance"], d["motion_scale"]) == (8, 2.5, 1.2)  # LCM's own: kept
+    assert not any("ModelSamplingDiscrete" in n or "nodes not carried over" in n for n in notes)
+
+
 # --- convert round-trips ----------------------------------------------------------------------
 
 def test_convert_round_trips_each_format(tmp_path):

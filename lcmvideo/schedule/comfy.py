@@ -13,8 +13,6 @@ Nodes that change nothing lcmvideo can render are named in a note, never an erro
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..errors import usage
 from . import fizz
 from .importers import lcm_sampling
@@ -73,6 +71,8 @@ WIDGETS = {  # node type -> its widgets' names, in widgets_values' order
     "VHS_LoadImagesPath": ["directory", "image_load_cap", "skip_first_images", "select_every_nth"],
     "VHS_LoadImages": ["directory", "image_load_cap", "skip_first_images", "select_every_nth"],
     "PrimitiveNode": ["value", "control_after_generate"],
+    "ModelSamplingDiscrete": ["sampling", "zsnr"],
+    "ADE_MultivalDynamic": ["float_val"],
 }
 SAMPLERS = ("KSampler", "KSamplerAdvanced")
 CHECKPOINTS = ("CheckpointLoaderSimple", "CheckpointLoader", "CheckpointLoaderSimpleWithNoiseSelect")
@@ -225,7 +225,8 @@ def from_workflow(data: dict, where) -> list[tuple[dict, list[str]]]:
         r.notes.append(f"{src}: node {sid}: denoise {denoise:g} (img2img) not carried over; see lcmvideo restyle")
 
     _model_chain(r, ks.get("inputs", {}).get("model"), models, out)
-    lcm_sampling(out, sampler == "lcm" or "lcm_lora" in models, f"{src}: node {sid}", r.notes)
+    lcm_sampling(out, "lcm" in (sampler, models.get("sampler")) or "lcm_lora" in models, f"{src}: node {sid}",
+                 r.notes)
     positive = _conditioning(r, ks["inputs"].get("positive"), out, positive=True)
     negative = _conditioning(r, ks["inputs"].get("negative"), out, positive=False)
     _latent(r, ks["inputs"].get("latent_image"), out)
@@ -315,7 +316,7 @@ def _model_chain(r: _Reader, link, models: dict, out: dict):
         if t in ("LoraLoader", "LoraLoaderModelOnly"):
             name = r.value(n, "lora_name", kinds=(str,))
             w = r.value(n, "strength_model", 1.0, kinds=(int, float))
-            if name and "lcm" in Path(name).name.lower():
+            if name and "lcm" in name.lower():  # lcm-lora-sdv1-5.safetensors, LCM/pytorch_lora_weights...
                 models["lcm_lora"] = name
                 if 0 <= w <= 5:
                     models["lcm_lora_scale"] = float(w)
@@ -328,6 +329,12 @@ def _model_chain(r: _Reader, link, models: dict, out: dict):
                                    "one weight per LoRA (strength_model)")
         elif t in AD_LOADERS or t == "ADE_UseEvolvedSampling":
             _motion(r, nid, n, models, out)
+        elif t == "ModelSamplingDiscrete":  # LCM workflows set the model's sampling to lcm here
+            sampling = r.value(n, "sampling", kinds=(str,))
+            if sampling == "lcm":
+                models.setdefault("sampler", "lcm")
+            elif sampling not in (None, "eps"):
+                r.notes.append(f"{src}: node {nid}: ModelSamplingDiscrete {sampling!r} not carried over")
         elif n["mode"] != 4:
             r.notes.append(f"{src}: node {nid} ({t}) on the model's path not carried over")
         link = n["inputs"].get("model")
@@ -351,12 +358,16 @@ def _motion(r: _Reader, nid: str, n: dict, models: dict, out: dict):
                 if name:
                     models["motion"] = name
             _motion_loras(r, apply_["inputs"].get("motion_lora"), models)
+            scale = _multival(r, apply_, None)
+            if scale is not None and scale != 1:
+                out["motion_scale"] = float(scale)
     else:
         name = r.value(loader, "model_name", kinds=(str,))
         if name:
             models["motion"] = name
         _motion_loras(r, loader["inputs"].get("motion_lora"), models)
         scale = r.value(loader, "motion_scale", kinds=(int, float))
+        scale = _multival(r, loader, scale)
         if scale is not None and scale != 1:
             out["motion_scale"] = float(scale)
         if n["type"] == "ADE_AnimateDiffLoaderV1Advanced":
@@ -368,6 +379,21 @@ def _motion(r: _Reader, nid: str, n: dict, models: dict, out: dict):
             _context(r, ctx[0], ctx[1], out)
         else:
             r.notes.append(f"{src}: node {ctx[0]} ({ctx[1]['type']}): these context options are not carried over")
+
+
+def _multival(r: _Reader, n: dict, default):
+    """A motion scale from an ADE_MultivalDynamic on the loader's scale_multival (its mask is noted)."""
+    got = r.node(n["inputs"].get("scale_multival"))
+    if got is None:
+        return default
+    r.used.add(got[0])
+    if got[1]["type"] != "ADE_MultivalDynamic":
+        r.notes.append(f"{r.source}: node {got[0]} ({got[1]['type']}): this motion scale is not carried over")
+        return default
+    if isinstance(got[1]["inputs"].get("mask_optional"), Link):
+        r.notes.append(f"{r.source}: node {got[0]}: a masked motion scale acts on the whole frame here")
+    v = r.value(got[1], "float_val", kinds=(int, float))
+    return v if v is not None and 0 <= v <= 10 else default
 
 
 def _context(r: _Reader, nid, n, out):
