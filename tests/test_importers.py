@@ -141,6 +141,29 @@ def test_every_s9_key_carried_or_named(tmp_path):
     assert s.ip_adapter.image == str(f.parent / "ip_adapter_image/test")  # no data/ folder of it: beside the file
 
 
+def test_contract_settings_reach_the_schedule_or_are_named():
+    """motion_lora_map -> models.motion_loras, ip_adapter_map -> ip_adapter, img2img_map -> init_image:
+    carried where this build has the setting, named in a note where it does not yet."""
+    from dataclasses import fields
+
+    from lcmvideo.schedule import ModelPaths, Settings
+
+    s = schedule.load(S9 / "prompt_travel.json")
+    if "motion_loras" in {f.name for f in fields(ModelPaths)}:
+        assert [(r.path, r.weight) for r in s.models.motion_loras] == [("models/motion_lora/v2_lora_PanLeft.ckpt", 1.0)]
+    else:
+        assert any("models.motion_loras not carried over" in w for w in s.warnings)
+    assert s.ip_adapter is not None and s.ip_adapter.model == "ip-adapter-plus_sd15"
+    wf = api_workflow()
+    wf["5"]["inputs"]["motion_scale"] = 1.3
+    (d, _), = comfy.from_workflow(wf, Where("wf.json"))
+    assert d["motion_scale"] == 1.3
+    notes: list[str] = []
+    kept = importers.supported(d, "wf.json", notes)
+    assert ("motion_scale" in kept) == ("motion_scale" in {f.name for f in fields(Settings)})
+    assert ("motion_scale" in kept) != any("motion_scale not carried over" in n for n in notes)
+
+
 def test_bad_frame_key_names_file_and_key(tmp_path):
     f = tmp_path / "t.json"
     f.write_text('{\n  "prompt_map": {\n    "0": "a",\n    "eight": "b"\n  }\n}\n')
