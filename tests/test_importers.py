@@ -183,6 +183,8 @@ def test_prompt_list_renders_as_a_batch_into_a_new_folder(tmp_path):
     side = json.loads((out / "old-1.mp4.json").read_text())
     assert side["settings"]["seed"] == 16372571278361864000
     assert side["settings"]["keyframes"]["0"]["prompt"] == "a blue square"
+    again = schedule.load(out / "old-1.mp4")  # an lcmvideo MP4 opens too: the settings it carries
+    assert (again.seed, again.resolved[0].prompt, again.frames) == (16372571278361864000, "a blue square", 2)
 
 
 # --- FizzNodes --------------------------------------------------------------------------------
@@ -498,9 +500,12 @@ def _ok_or_one_line(fn):
         assert "\n" not in e.message and e.message.startswith("x."), e.message
 
 
+def _nest(children):
+    return st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+
+
 json_value = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) |
-                          st.text(max_size=8), lambda c: st.lists(c, max_size=3) |
-                          st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=8)
+                          st.text(max_size=8), _nest, max_leaves=8)
 S9_KEYS = ["prompt_map", "prompt", "prompts", "n_prompt", "seed", "head_prompt", "tail_prompt", "lora_map",
            "motion_lora_map", "lcm_map", "controlnet_map", "ip_adapter_map", "img2img_map", "output", "steps",
            "guidance_scale", "clip_skip", "vae_path", "path", "base", "prompt_fixed_ratio", "region_map"]

@@ -2,7 +2,7 @@
 
 - PNG (SaveImage, and VideoHelperSuite's first-frame PNG): text chunks `workflow` (the UI format)
   and `prompt` (the API format), as tEXt, zTXt or iTXt.
-- MP4/MOV/WebM/MKV written by VideoHelperSuite's Video Combine: ffmpeg metadata tags `workflow` and
+- MP4/MOV written by VideoHelperSuite's Video Combine: ffmpeg metadata tags `workflow` and
   `prompt` (older versions: one `comment`), stored as `data` atoms in the MP4's `moov` box; the
   JSON values are found by their content, so the tag layout (udta/ilst or mdta keys) does not matter.
 """
@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 
 from ..errors import usage
+from .settings import SIDECAR_MARK
 
 PNG = (".png",)
 VIDEO = (".mp4", ".mov", ".m4v")
@@ -98,7 +99,7 @@ def mp4_texts(path: Path) -> list[str]:
 
 def embedded_workflow(path: Path) -> dict:
     """The workflow ComfyUI stored in a PNG or a Video Combine MP4: the UI format when there (it has
-    every node), else the API format."""
+    every node), else the API format; for lcmvideo's own outputs, the sidecar they carry."""
     if not path.is_file():
         raise usage(f"{path}: no such file")
     texts = list(png_text(path).values()) if path.suffix.lower() in PNG else mp4_texts(path)
@@ -115,6 +116,8 @@ def embedded_workflow(path: Path) -> dict:
                 continue
         if not isinstance(v, dict):
             continue
+        if SIDECAR_MARK in v and isinstance(v.get("settings"), dict):  # lcmvideo's own output: its sidecar
+            found.setdefault("sidecar", v)
         for part in (v, v.get("workflow"), v.get("prompt")):  # an old single `comment` holds both
             if isinstance(part, str):
                 try:
@@ -128,4 +131,4 @@ def embedded_workflow(path: Path) -> dict:
                 found.setdefault("prompt", part)
     if not found:
         raise usage(f"{path}: no ComfyUI workflow in it (no 'workflow' or 'prompt' metadata)")
-    return found.get("workflow") or found["prompt"]
+    return found.get("workflow") or found.get("prompt") or found["sidecar"]

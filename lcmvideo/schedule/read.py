@@ -18,6 +18,8 @@ def _imported(path: Path) -> tuple[list[tuple[dict, list[str]]] | None, Where, o
     suffix = path.suffix.lower()
     if suffix in media.PNG or suffix in media.VIDEO:
         data = media.embedded_workflow(path)
+        if SIDECAR_MARK in data:  # an lcmvideo render: the settings it was made with
+            return None, where, data
         return comfy.from_workflow(data, where), where, None
     try:
         text = path.read_text(encoding="utf-8")
