@@ -129,7 +129,7 @@ def test_every_s9_key_carried_or_named(tmp_path):
                                                                           "controlnet_openpose"),
                   "scale": 1.0, "start": 0.0, "end": 1.0}
     assert d["ip_adapter"] == {"model": "ip-adapter-plus_sd15", "image": "ip_adapter_image/test", "scale": 0.5}
-    assert d["init_image"] == str(data_dir / "init_imgs/sample0/0000.png") and d["init_strength"] == 0.85
+    assert d["init_image"] == str(data_dir / "init_imgs/sample0/0000.png") and d["init_strength"] == 0.15
     assert (d["fps"], d["format"]) == (8, "gif")
     text = "\n".join(notes)
     for named in ("scheduler 'euler_a'", "control_scale_list", "the tool runs its annotator"):

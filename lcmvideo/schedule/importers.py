@@ -425,8 +425,8 @@ def _img2img(data, where, path_of, notes, common):
         return
     common["init_image"] = str(images[0])
     s = m.get("denoising_strength")
-    if isinstance(s, (int, float)) and not isinstance(s, bool):
-        common["init_strength"] = float(s)
+    if isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s <= 1:
+        common["init_strength"] = round(1.0 - float(s), 6)  # its denoising strength is how far from the picture
     if len(images) > 1:
         notes.append(f"{src}: img2img_map: {len(images)} init images; lcmvideo starts every frame from the first "
                      f"({images[0].name})")
