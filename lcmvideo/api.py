@@ -135,21 +135,23 @@ class Session:
     def render(self, source=None, **overrides) -> np.ndarray:
         """Frames (T, H, W, 3) uint8 of one clip: `source` a schedule file, a Settings or nothing, with
         this Session's model settings and the overrides applied (to a copy)."""
-        from .pipeline import text2video
+        from .pipeline import ipadapter, text2video
 
         s = self.settings(source, **overrides)
         schedule.require_prompt(s)
+        ipadapter.check(s)
         self.check_fits(s)
         return text2video.render(self.models(s), s, quiet=self.quiet, cache=self.cache)
 
     def render_to_file(self, source=None, output=None, **overrides) -> Path:
         """Render and write the clip with its sidecar; returns the output path."""
         from .output import video
-        from .pipeline import text2video
+        from .pipeline import ipadapter, text2video
 
         t0 = time.perf_counter()
         s = self.settings(source, **overrides)
         schedule.require_prompt(s)
+        ipadapter.check(s)
         out = Path(output or s.output or default_output(source, s)).expanduser()
         fmt = video.format_for(out, s.format)
         video.check_writable(out, fmt)
@@ -186,7 +188,7 @@ class Session:
 
         `source` is a schedule file or Settings (prompts travel over the input's frames);
         `options` a restyle.Options; work in progress goes beside `output` (resumable)."""
-        from .pipeline import restyle
+        from .pipeline import ipadapter, restyle
 
         opts = options or restyle.Options()
         size = {k: overrides.pop(k, None) for k in ("width", "height")}
@@ -197,6 +199,7 @@ class Session:
         self.check_fits(probe, src.frames.shape[2], src.frames.shape[1], len(src.frames))
         s = self.settings(source, frames=len(src.frames), fps=fps or round(src.fps, 3), **overrides)
         schedule.require_prompt(s)
+        ipadapter.check(s)
         out = Path(output) if output else Path(video).with_name(Path(video).stem + ".restyled.mp4")
         models = self.models(s)
         s = restyle.settings_for(models, s, src)
@@ -313,6 +316,8 @@ def versions() -> dict:
 
 def recorded_settings(s: Settings, spec) -> dict:
     """The settings as a schedule that re-renders the same frames: models by absolute path."""
+    from . import models
+
     d = s.to_dict()
     m = d["models"]
     m["base"] = None if spec.embedded else str(spec.base.path.resolve())
@@ -326,5 +331,9 @@ def recorded_settings(s: Settings, spec) -> dict:
                        or not r.source.startswith("found in")]
     m["models_dir"] = None
     m["device"], m["dtype"] = spec.device, spec.dtype
+    if s.ip_adapter is not None:  # the files by absolute path, the encoder as found
+        ref, enc = models.resolve_ip_adapter(s.ip_adapter, spec, s.sources)
+        d["ip_adapter"].update(model=str(ref.path.resolve()), encoder=str(enc.path.resolve()),
+                               image=str(Path(s.ip_adapter.image).expanduser().resolve()))
     d["output"] = None
     return d

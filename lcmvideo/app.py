@@ -30,7 +30,8 @@ def parse_seeds(text: str) -> list[int]:
 
 def expand_jobs(sources: list[Path], seeds: list[int] | None, output: Path | None, fmt: str | None = None
                 ) -> list[tuple]:
-    """(schedule file or None, output, seed) per job: files (folders and globs expanded) x seeds."""
+    """(schedule file or None, output, seed, clip) per job: files (folders and globs expanded) x their
+    clips x seeds."""
     files: list[Path | None] = []
     for src in sources or [None]:
         if src is not None and src.is_dir():
@@ -43,19 +44,33 @@ def expand_jobs(sources: list[Path], seeds: list[int] | None, output: Path | Non
             files.append(src)
     if not files:
         raise usage(f"no schedule files in {', '.join(map(str, sources))}")
-    many = len(files) > 1 or (seeds and len(seeds) > 1)
+    counts = [_clip_count(f) for f in files]
+    many = len(files) > 1 or (seeds and len(seeds) > 1) or any(n > 1 for n in counts)
     if many and output is not None and output.suffix:
         raise usage(f"-o: {output}: several jobs need a folder for their outputs, not a file name")
     jobs = []
     ext = {"gif": ".gif", "png": ""}.get(fmt or "", ".mp4")
-    for f in files:
-        for seed in seeds or [None]:
-            stem = f.name.split(".")[0] if f else "lcmvideo"
-            name = f"{stem}-s{seed}" if seed is not None and seeds and len(seeds) > 1 else stem
-            out = (output / f"{name}{ext}") if many and output is not None else (
-                output if output is not None else (Path(f"{name}{ext}") if many else None))
-            jobs.append((f, out, seed))
+    for f, count in zip(files, counts):
+        for clip in range(count) if count > 1 else [None]:
+            for seed in seeds or [None]:
+                stem = f.name.split(".")[0] if f else "lcmvideo"
+                stem = f"{stem}-{clip}" if clip is not None else stem
+                name = f"{stem}-s{seed}" if seed is not None and seeds and len(seeds) > 1 else stem
+                out = (output / f"{name}{ext}") if many and output is not None else (
+                    output if output is not None else (Path(f"{name}{ext}") if many else None))
+                jobs.append((f, out, seed, clip))
     return jobs
+
+
+def _clip_count(f: Path | None) -> int:
+    """Clips in a file (the older AnimateDiff config holds one per prompt); a file that does not
+    read counts as one, and its job reports the error."""
+    if f is None or not f.is_file():
+        return 1
+    try:
+        return schedule.read.clips(f)
+    except LcmvideoError:
+        return 1
 
 
 def job_key(schedule_file: Path | None, overrides: dict) -> str:
@@ -98,9 +113,15 @@ def render_command(schedule_files: list[Path], flags: dict, say=print, quiet: bo
     jobs = expand_jobs(schedule_files, parse_seeds(seeds) if seeds else None, output, flags.get("format"))
     parallel = workers > 1 or ray is not None
     if len(jobs) == 1 and not parallel:
-        f, out, seed = jobs[0]
+        f, out, seed, clip = jobs[0]
         session = session or Session(quiet=quiet, verbose=verbose, say=say, **model_flags)
-        return [session.render_to_file(f, out, **overrides, **({"seed": seed} if seed is not None else {}))]
+        return [session.render_to_file(f, out, **overrides, **({"seed": seed} if seed is not None else {}),
+                                       **({"clip": clip} if clip is not None else {}))]
+    if output is not None and not output.suffix:  # -o DIR for several jobs: made when missing
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise usage(f"-o: cannot make the folder {output}: {e.strerror or e}") from None
     pending, written = _pending(jobs, overrides, say)
     if ray is not None:
         results = batch.run_ray(pending, model_flags, ray or None, workers if workers > 1 else None, quiet)
@@ -118,10 +139,11 @@ def render_command(schedule_files: list[Path], flags: dict, say=print, quiet: bo
 def _pending(jobs: list[tuple], overrides: dict, say) -> tuple[list[tuple], list[Path]]:
     """Job tuples for batch.run_job, and the outputs of jobs already done (skipped)."""
     pending, done = [], []
-    for f, out, seed in jobs:
-        job = {**overrides, **({"seed": seed} if seed is not None else {})}
+    for f, out, seed, clip in jobs:
+        job = {**overrides, **({"seed": seed} if seed is not None else {}), **({"clip": clip} if clip is not None else {})}
         key = job_key(f, job)
-        label = f"{f or '--prompt'}" + (f" seed {seed}" if seed is not None else "")
+        label = f"{f or '--prompt'}" + (f" clip {clip}" if clip is not None else "") + (
+            f" seed {seed}" if seed is not None else "")
         if _done(out, key):
             say(f"skipping {label}: {out} is done")
             done.append(out)
@@ -301,10 +323,10 @@ def plan_command(schedule_file: Path, flags: dict, as_json: bool = False, echo=p
         echo(f"warning: {w}")
 
 
-def convert_command(source: Path, output: Path | None, echo=print):
+def convert_command(source: Path, output: Path | None, echo=print, clip: int | None = None):
     import yaml
 
-    s = schedule.load(source)
+    s = schedule.load(source, clip)
     d, defaults = s.to_dict(), Settings().to_dict()
     for k in list(d):  # keep the file short: only what differs from the defaults
         if d[k] == defaults[k]:

@@ -147,6 +147,24 @@ def model_options(f):
     return f
 
 
+def ip_options(f, note: str = ""):
+    """An IP-Adapter: an image as a prompt (the schedule's `ip_adapter`)."""
+    opts = [
+        click.option("--ip-adapter", metavar="PATH|NAME",
+                     help="An SD1.5 IP-Adapter (ip-adapter_sd15, ip-adapter-plus_sd15; .bin or .safetensors), or a "
+                          f"name in --models-dir's models/ipadapter. Needs --ip-image.{note}"),
+        click.option("--ip-image", metavar="IMAGE[:SCALE]",
+                     help="The image prompt, or a folder of images numbered by frame (0000.png, 0016.png) that "
+                          "blend between; SCALE its strength.  [default scale: 1.0]"),
+        click.option("--ip-encoder", metavar="PATH|NAME",
+                     help="The IP-Adapter's CLIP image encoder (a CLIPVisionModelWithProjection folder or a "
+                          "clip_vision file).  [default: image_encoder/ beside it, or models/clip_vision]"),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
 def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_dir, device, dtype, vae=None,
                 embeddings=(), clip_skip=None, sampler=None, gamma=None) -> dict:
     import os
@@ -186,23 +204,29 @@ def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_d
                    "[default: the motion module's, 0 for most]")
 @click.option("--controlnet", "controlnets", nargs=2, multiple=True, metavar="MODEL SOURCE",
               help="A ControlNet and its conditioning: a folder of numbered images or OpenPose JSON, an image, "
-                   "or a video; MODEL 'embedded' with the embedded base. Repeatable; replaces the file's.")
+                   "or a video; MODEL 'embedded' with the embedded base. OpenPose JSON in pixels without a canvas "
+                   "size: FOLDER@WIDTHxHEIGHT or FOLDER@VIDEO (the video the poses came from). Repeatable; "
+                   "replaces the file's.")
 @click.option("--controlnet-scale", type=click.FloatRange(min=0, max=5),
               help="Scale of all ControlNets (travels per keyframe as controlnet_scale).  [default: 1.0]")
 @click.option("--context-length", type=click.IntRange(min=2, max=64),
               help="Frames per motion window for long clips.  [default: 16]")
 @click.option("--context-overlap", type=click.IntRange(min=0, max=63),
               help="Frames shared by neighbouring windows.  [default: 4]")
+@ip_options
 @model_options
 @click.pass_obj
 def render(obj: Ctx, schedule_files, output, watch, max_renders, seeds, workers, ray_address, fmt, prompt, negative_prompt,
            frames, width, height, fps, steps,
-           guidance, seed, shared_noise, controlnets, controlnet_scale, context_length, context_overlap, **model_kw):
-    """Render clips from schedule files (YAML/JSON, an animatediff-cli-prompt-travel
-    JSON, or an A1111 prompt-box .txt; folders and globs too) or a --prompt.
+           guidance, seed, shared_noise, controlnets, controlnet_scale, context_length, context_overlap, ip_adapter,
+           ip_image, ip_encoder, **model_kw):
+    """Render clips from schedule files (YAML/JSON; animatediff-cli-prompt-travel JSON; a ComfyUI
+    workflow .json, or the PNG/MP4 ComfyUI wrote; FizzNodes schedule or A1111 prompt-box .txt;
+    folders and globs too) or a --prompt.
 
-    Several files or --seeds make a batch: the models load once, a bad job fails alone,
-    and jobs whose output is already there with the same settings are skipped.
+    Several files, --seeds, or an older AnimateDiff config's prompt list make a batch: the models
+    load once, a bad job fails alone, jobs whose output is already there with the same settings
+    are skipped, and -o DIR is made when missing.
 
     A render's sidecar JSON (OUTPUT.json) is itself a schedule file: `lcmvideo render clip.mp4.json`
     renders the same frames again.
@@ -212,7 +236,8 @@ def render(obj: Ctx, schedule_files, output, watch, max_renders, seeds, workers,
       lcmvideo render prompts/travel.yaml -o travel.mp4
       lcmvideo render -p "a red circle" --frames 16 --seed 1 -f gif
       lcmvideo render prompts/ --seeds 1-4 -o renders/ --model dreamshaper_8.safetensors \\
-          --motion mm_sd_v15_v2.ckpt --lcm-lora lcm-lora-sdv1-5.safetensors
+          --motion mm_sd_v15_v2.ckpt --lcm-lora lcm-lora-sdv1-5.safetensors \\
+          --ip-adapter ip-adapter_sd15.bin --ip-image style.png:0.7
     """
     from . import app
     from .pipeline import control
@@ -221,7 +246,8 @@ def render(obj: Ctx, schedule_files, output, watch, max_renders, seeds, workers,
                  fps=fps, steps=steps, guidance=guidance, seed=seed, shared_noise=shared_noise,
                  context_length=context_length, context_overlap=context_overlap,
                  controlnet=tuple(control.from_flag(m, src) for m, src in controlnets),
-                 controlnet_scale=controlnet_scale, output=str(output) if output else None, format=fmt)
+                 controlnet_scale=controlnet_scale, output=str(output) if output else None, format=fmt,
+                 ip_adapter=ip_adapter, ip_image=ip_image, ip_encoder=ip_encoder)
     flags.update(model_flags(**model_kw))
     if not schedule_files and prompt is None:
         raise click.UsageError("give a SCHEDULE_FILE or --prompt")
@@ -254,19 +280,23 @@ def plan(schedule_file, frames, as_json):
 @click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the lcmvideo YAML.  [default: stdout]")
-def convert(source, output):
-    """Turn an animatediff-cli-prompt-travel JSON or an A1111 prompt-box .txt into an lcmvideo schedule.
+@click.option("--clip", type=click.IntRange(min=0), help="Which clip of a file holding several.  [default: 0]")
+def convert(source, output, clip):
+    """Turn another tool's file into an lcmvideo schedule: animatediff-cli-prompt-travel JSON, a
+    ComfyUI workflow (.json, or a PNG/MP4 ComfyUI wrote), FizzNodes schedule or A1111 prompt-box .txt.
 
-    Prints what could not be carried over. `render` also reads these files directly.
+    Prints what could not be carried over. `render` and `plan` also read these files directly.
+    For an older AnimateDiff config with several prompts, --clip N picks the clip (from 0).
 
     \b
     Examples:
       lcmvideo convert prompt_travel.json -o travel.yaml
-      lcmvideo convert prompts.txt
+      lcmvideo convert ComfyUI_00001_.png -o workflow.yaml
+      lcmvideo convert schedule.txt
     """
     from . import app
 
-    app.convert_command(source, output, click.echo)
+    app.convert_command(source, output, click.echo, clip)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -358,11 +388,13 @@ def pose_extract(obj: Ctx, video_file, output):
 @click.option("--resume", is_flag=True, help="Continue an interrupted restyle of the same output.")
 @click.option("--restart", is_flag=True, help="Discard an interrupted restyle's work and start over.")
 @click.option("--no-report", is_flag=True, help="Skip the flicker measurement.")
+@lambda f: ip_options(f, " With --mode animatediff.")
 @model_options
 @click.pass_obj
 def restyle(obj: Ctx, input_video, schedule_file, output, fmt, prompt, negative_prompt, mode, strength, steps,
             guidance, seed, start, end, every, max_frames, width, height, fit, fps, blend, blend_space, no_flow,
-            fresh_noise, shared_noise, controlnets, no_audio, resume, restart, no_report, **model_kw):
+            fresh_noise, shared_noise, controlnets, no_audio, resume, restart, no_report, ip_adapter, ip_image,
+            ip_encoder, **model_kw):
     """Restyle a video (MP4, MOV, WebM, GIF or a folder of frames) with a --prompt or a schedule
     whose prompts and strength travel over the input's frames.
 
@@ -399,7 +431,8 @@ def restyle(obj: Ctx, input_video, schedule_file, output, fmt, prompt, negative_
                       resume=resume, restart=restart, report=not no_report)
     flags = {k: v for k, v in model_flags(**model_kw).items() if v not in (None, ())}
     given = dict(prompt=prompt, negative_prompt=negative_prompt, strength=strength, steps=steps, guidance=guidance, seed=seed,
-                 shared_noise=shared_noise, width=width, height=height, fps=fps, controlnet=tuple(specs), format=fmt)
+                 shared_noise=shared_noise, width=width, height=height, fps=fps, controlnet=tuple(specs), format=fmt,
+                 ip_adapter=ip_adapter, ip_image=ip_image, ip_encoder=ip_encoder)
     overrides = {k: v for k, v in given.items() if v not in (None, ())}
     session = Session(quiet=obj.quiet, verbose=obj.verbose, say=obj.say, **flags)
     session.restyle_to_file(input_video, output, schedule_file, opts, **overrides)

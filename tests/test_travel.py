@@ -269,7 +269,7 @@ def test_import_prompt_travel_json(tmp_path):
     assert [(r.path, r.weight) for r in s.models.loras] == [("share/Lora/muffet.safetensors", 0.8)]
     assert s.models.clip_skip == 2
     notes = "\n".join(s.warnings)
-    for lost in ("scheduler 'k_dpmpp_sde' not carried over", "controlnet_map not carried over",
+    for lost in ("scheduler 'k_dpmpp_sde' not carried over", "controlnet_map: no enabled ControlNet type",
                  "frames: not in this format"):
         assert lost in notes
     assert "clip_skip" not in notes

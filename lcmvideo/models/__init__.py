@@ -15,12 +15,13 @@ from .locate import (
                       pick_device,
                       resolve,
                       resolve_controlnet,
+                      resolve_ip_adapter,
 )
 from .weights import WEIGHT_EXTS, load_state_dict, safetensors_shapes
 
 __all__ = [
     "MODEL_FOLDERS", "WEIGHT_EXTS", "Embedding", "ModelRef", "ModelSpec", "Models", "Sniffed", "classify",
     "describe", "discover", "file_stamp", "hf_cache_snapshot", "load", "load_state_dict", "make_scheduler",
-    "pick_device", "read_embedding", "resolve", "resolve_controlnet", "retune", "safetensors_shapes",
+    "pick_device", "read_embedding", "resolve", "resolve_controlnet", "resolve_ip_adapter", "retune", "safetensors_shapes",
     "sha256_prefix", "sniff", "torch_dtype",
 ]

@@ -19,8 +19,8 @@ LDM_VAE_PREFIXES = ("first_stage_model.", "vae.")
 
 @dataclass
 class Sniffed:
-    kind: str  # base | motion | lora | controlnet | vae | embedding
-    layout: str  # diffusers | ldm | animatediff-original | kohya | peft | taesd | a1111
+    kind: str  # base | motion | lora | controlnet | vae | embedding | ip_adapter | clip_vision
+    layout: str  # diffusers | ldm | animatediff-original | kohya | peft | taesd | a1111 | ip-adapter[-plus|-full]
     family: str  # SD1.5 | SD2.x | SDXL | SD1.5-structured (tiny) ...
     file: Path  # the file or folder to load
     detail: dict = field(default_factory=dict)
@@ -100,6 +100,32 @@ def _embedding(shapes: dict, path: Path) -> Sniffed | None:
     return Sniffed("embedding", layout, fam, path, {"vectors": s[0] if len(s) == 2 else 1, "width": width})
 
 
+def _ip_adapter(shapes: dict, path: Path) -> Sniffed:
+    """IP-Adapter (h94's layout: image_proj.* + ip_adapter.N.to_{k,v}_ip, as .bin or .safetensors).
+    Which image features it reads: the encoder's projected image_embeds (ip-adapter: one vector,
+    4 tokens) or its penultimate hidden states (plus: a resampler's queries; full-face: an MLP)."""
+    ctx = _context_dim(shapes, r"^ip_adapter\.\d+\.to_k_ip\.weight$", 1)
+    if "image_proj.latents" in shapes:
+        layout, width, feature = "ip-adapter-plus", shapes["image_proj.proj_in.weight"][1], "hidden_states"
+    elif "image_proj.proj.3.weight" in shapes:
+        layout, width, feature = "ip-adapter-full", shapes["image_proj.proj.0.weight"][1], "hidden_states"
+    elif "image_proj.proj.weight" in shapes and "image_proj.norm.weight" in shapes:
+        layout, width, feature = "ip-adapter", shapes["image_proj.proj.weight"][1], "image_embeds"
+    else:
+        layout, width, feature = "ip-adapter-faceid", None, None
+    return Sniffed("ip_adapter", layout, _family(ctx), path, {"context_dim": ctx, "image_width": width,
+                                                              "feature": feature})
+
+
+def _clip_vision(shapes: dict, path: Path) -> Sniffed:
+    """A CLIP image encoder in transformers' layout (vision_model.*, visual_projection): ComfyUI's
+    clip_vision files, the image_encoder folders of IP-Adapter repositories."""
+    hidden = shapes.get("vision_model.embeddings.patch_embedding.weight", [None])[0]
+    proj = shapes.get("visual_projection.weight", [None])[0]
+    return Sniffed("clip_vision", "transformers", f"CLIP ViT (width {hidden})", path,
+                   {"hidden_size": hidden, "projection_dim": proj})
+
+
 def classify(shapes: dict[str, list[int]], path: Path, metadata: dict | None = None) -> Sniffed:
     """Tell a model's kind, layout and family from its tensor names and shapes (and, for a VAE,
     what its name and metadata say)."""
@@ -122,6 +148,10 @@ def classify(shapes: dict[str, list[int]], path: Path, metadata: dict | None = N
         ch = _context_dim(shapes, r"^down_blocks\.0\.motion_modules\.0\.(temporal_transformer\.)?proj_in\.weight$", 0)
         family = "SDXL" if len(downs) == 3 else ("SD1.5" if ch == 320 else f"SD1.5-structured (channels {ch})")
         return Sniffed("motion", layout, family, path)
+    if has("image_proj.") and has("ip_adapter."):
+        return _ip_adapter(shapes, path)
+    if has("vision_model.embeddings.") and not has("text_model."):
+        return _clip_vision(shapes, path)
     if has("control_model."):
         ctx = _context_dim(shapes, r"^control_model\..*attn2\.to_k\.weight$", 1)
         return Sniffed("controlnet", "ldm", _family(ctx), path)
@@ -156,7 +186,7 @@ def classify(shapes: dict[str, list[int]], path: Path, metadata: dict | None = N
             found.detail.update(because if found.kind == "vae" else {})
             return found
     raise usage(f"{path}: not a model lcmvideo recognises (found no SD1.5 UNet, AnimateDiff motion module, "
-                "LoRA, ControlNet, VAE or textual-inversion tensors)")
+                "LoRA, ControlNet, VAE, textual-inversion, IP-Adapter or CLIP image encoder tensors)")
 
 
 def sniff(path: Path) -> Sniffed:
@@ -182,6 +212,11 @@ def sniff(path: Path) -> Sniffed:
                 return Sniffed("controlnet", "diffusers", _family(cfg.get("cross_attention_dim")), path, {"config": cfg})
             if cls in ("AutoencoderKL", "AutoencoderTiny"):
                 return _vae_folder(path, cfg)
+            if cfg.get("model_type") in ("clip_vision_model", "clip"):
+                vision = cfg.get("vision_config", cfg) if cfg.get("model_type") == "clip" else cfg
+                return Sniffed("clip_vision", "transformers", f"CLIP ViT (width {vision.get('hidden_size')})", path,
+                               {"config": cfg, "hidden_size": vision.get("hidden_size"),
+                                "projection_dim": vision.get("projection_dim", cfg.get("projection_dim"))})
         loras = sorted(path.glob("*lora*.safetensors")) or sorted(path.glob("*.safetensors"))
         if len(loras) == 1:
             return sniff(loras[0])

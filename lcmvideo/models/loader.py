@@ -44,6 +44,7 @@ class Models:
     keys: dict = field(default_factory=dict)  # base/motion/vae -> the files and run settings they came from
     fused: bool = False  # LoRAs merged into the weights (with their adapters kept, to unfuse for reuse)
     embeddings: dict = field(default_factory=dict)  # lower-case name -> Embedding (token ids in the text encoder)
+    ip_adapters: dict = field(default_factory=dict)  # (adapter, encoder) stamps -> ipadapter.IpAdapter, on first use
 
     def controlnet(self, ref: ModelRef):
         """A ControlNet on the pipeline's device and dtype, loaded once per path."""
@@ -603,7 +604,7 @@ def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True, previous: M
     return Models(spec, pipe, unet.config.motion_max_seq_length, adapters, unet2d_config=dict(unet2d_config),
                   shared_noise=shared, keys={**keys, "motion_config": motion_config},
                   fused=spec.fuse and bool(_lora_refs(spec)), controlnets=old.controlnets if old else {},
-                  embeddings=table)
+                  embeddings=table, ip_adapters=old.ip_adapters if old else {})
 
 
 def _lora_refs(spec: ModelSpec) -> list:

@@ -27,6 +27,9 @@ MODEL_FOLDERS = {
     "vae": ["models/VAE", "models/vae", "VAE", "vae", "models/VAE-approx", "models/vae_approx", "VAE-approx",
             "vae_approx"],
     "embedding": ["embeddings", "models/embeddings"],  # A1111's (in its root) and ComfyUI's
+    # ComfyUI_IPAdapter_plus's models/ipadapter (A1111's sd-webui-controlnet keeps them in models/ControlNet)
+    "ip_adapter": ["models/ipadapter", "ipadapter", "models/ip_adapter", "ip_adapter"],
+    "clip_vision": ["models/clip_vision", "clip_vision", "extensions/sd-webui-controlnet/annotator/downloads/clip_vision"],
 }
 MOTION_PREFERENCE = ["mm_sd_v15_v2", "v3_sd15_mm", "mm_sd_v15", "mm_sd_v14"]
 
@@ -125,7 +128,8 @@ def _find(role: str, given: str, flag: str, models_dir: Path | None, found: dict
             return files[0] if len(files) == 1 else snap
         return snap
     if models_dir is not None:
-        hit = _by_name(given, found.get("lora" if role == "lcm_lora" else role, []))
+        hit = _by_name(given, found.get("lora" if role == "lcm_lora" else role, [])
+                       + (found.get("controlnet", []) if role == "ip_adapter" else []))
         if hit:
             return hit
     if role == "vae" and given.lower() in ("taesd", "taesdxl"):
@@ -137,9 +141,10 @@ def _find(role: str, given: str, flag: str, models_dir: Path | None, found: dict
 
 
 EXPECTED = {"base": "base", "motion": "motion", "lcm_lora": "lora", "lora": "lora", "controlnet": "controlnet",
-            "vae": "vae", "embedding": "embedding"}
+            "vae": "vae", "embedding": "embedding", "ip_adapter": "ip_adapter", "clip_vision": "clip_vision"}
 FLAGS = {"base": "--model", "motion": "--motion", "lcm_lora": "--lcm-lora", "lora": "--lora",
-         "controlnet": "--controlnet", "vae": "--vae", "embedding": "--embedding"}
+         "controlnet": "--controlnet", "vae": "--vae", "embedding": "--embedding", "ip_adapter": "--ip-adapter",
+         "clip_vision": "--ip-encoder"}
 KEYS = {"lora": "loras", "embedding": "embeddings"}  # the schedule's key where it differs from the role
 
 
@@ -150,11 +155,12 @@ def _ref(role: str, given: str, source: str, models_dir, found, weight=1.0, flag
     want = EXPECTED[role]
     if s.kind != want:
         hint = {"lora": "--lora or --lcm-lora", "motion": "--motion", "base": "--model", "controlnet": "--controlnet",
-                "vae": "--vae", "embedding": "--embedding (or put it in the embeddings folder)"}
+                "vae": "--vae", "embedding": "--embedding (or put it in the embeddings folder)",
+                "ip_adapter": "--ip-adapter", "clip_vision": "--ip-encoder (the IP-Adapter's image encoder)"}
         raise usage(f"{flag}: {path} is {'an' if s.kind == 'embedding' else 'a'} {s.kind} model ({s.layout} layout), "
                     f"not {'an' if want == 'embedding' else 'a'} {want} model; pass it with {hint[s.kind]}")
     if s.family in ("SDXL", "SD2.x") or s.family.startswith(("SD1.5 (AnimateDiff", "SD3", "unknown (")):
-        what = "VAE" if s.kind == "vae" else f"{s.kind} model"
+        what = {"vae": "VAE", "ip_adapter": "IP-Adapter"}.get(s.kind, f"{s.kind} model")
         why = f" ({s.family.split('(', 1)[1].rstrip(')')})" if s.family.startswith("unknown (") else \
             f" ({s.detail['because']})" if s.detail.get("because") else ""
         fam = "a VAE of unknown family" if s.family.startswith("unknown (") else f"a {s.family} {what}"
@@ -322,3 +328,40 @@ def resolve_controlnet(given: str | None, spec: ModelSpec, flag: str, source: st
         return ModelRef("controlnet", None, "embedded default", sniff(embedded.ensure() / "controlnet"))
     found = discover(spec.models_dir) if spec.models_dir else {}
     return _ref("controlnet", given, source, spec.models_dir, found, flag=flag)
+
+
+def resolve_ip_adapter(ip, spec: ModelSpec, sources: dict | None = None) -> tuple[ModelRef, ModelRef]:
+    """An IP-Adapter (schedule.IpAdapterSpec) -> (its ModelRef, its CLIP image encoder's). The encoder:
+    the one named, else an image_encoder/ folder beside the adapter or one level up (h94/IP-Adapter's
+    layout), else the one in models_dir's clip_vision folders whose width fits."""
+    sources = sources or {}
+    flag = "--ip-adapter" if sources.get("ip_adapter") == "flag" else "ip_adapter.model"
+    enc_flag = "--ip-encoder" if sources.get("ip_encoder") == "flag" else "ip_adapter.encoder"
+    found = discover(spec.models_dir) if spec.models_dir else {}
+    ref = _ref("ip_adapter", ip.model, sources.get("ip_adapter", "schedule"), spec.models_dir, found, flag=flag)
+    d = ref.sniffed.detail
+    if d["feature"] is None:
+        raise usage(f"{flag}: {ref.path} is an {ref.sniffed.layout} IP-Adapter (it needs face-recognition "
+                    "embeddings); lcmvideo takes ip-adapter, ip-adapter-plus and ip-adapter-full-face files")
+    if ip.encoder is not None:
+        return ref, _ref("clip_vision", ip.encoder, sources.get("ip_encoder", "schedule"), spec.models_dir, found,
+                         flag=enc_flag)
+    want = {"image_embeds": "projection_dim", "hidden_states": "hidden_size"}[d["feature"]]
+    here = Path(ref.path).parent
+    candidates = [here / "image_encoder", here.parent / "image_encoder"] + found.get("clip_vision", [])
+    for p in candidates:
+        if not p.exists():
+            continue
+        try:
+            s = sniff(p)
+        except LcmvideoError:
+            continue
+        if s.kind == "clip_vision" and s.detail.get(want) == d["image_width"]:
+            return ref, ModelRef("clip_vision", None, f"found beside {ref.path.name}" if p.parent in (
+                here, here.parent) else f"found in {spec.models_dir}", s)
+    where = f", or put one in {spec.models_dir}/models/clip_vision" if spec.models_dir else \
+        " (or give --models-dir with a models/clip_vision folder)"
+    raise usage(f"{flag}: no CLIP image encoder found for {ref.path.name} (one with {want} "
+                f"{d['image_width']}); name one with {'--ip-encoder' if flag.startswith('--') else 'ip_adapter.encoder'}: "
+                f"a CLIPVisionModelWithProjection folder such as h94/IP-Adapter's "
+                f"models/image_encoder, or a clip_vision file{where}")

@@ -8,6 +8,7 @@ render size with `fit()`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,40 @@ from ..schedule import ANNOTATED, INPUT, ControlSpec, FrameRow, Settings
 CANNY = (100, 200)  # ControlNet 1.1's canny annotator thresholds
 
 
+SIZE = re.compile(r"^(\d+)[xX](\d+)$")
+
+
+def source_size(size, what: str) -> tuple[int, int]:
+    """A canvas size given as [width, height], 'WxH', or an image/video whose size it is (the one
+    OpenPose read the poses from)."""
+    if isinstance(size, (list, tuple)):
+        return int(size[0]), int(size[1])
+    m = SIZE.match(str(size))
+    if m and int(m.group(1)) > 0 and int(m.group(2)) > 0:
+        return int(m.group(1)), int(m.group(2))
+    path = Path(str(size)).expanduser()
+    if not path.exists():
+        raise usage(f"{what}: {size}: give the poses' source size as WIDTHxHEIGHT or an image/video "
+                    "they came from (no such file)")
+    if path.suffix.lower() in IMAGE_EXTS:
+        img = read_image(path)
+    else:
+        from ..output import video
+
+        frames, _, _ = video.open_frames(path)
+        img = next(iter(frames), None)
+        if img is None:
+            raise usage(f"{what}: {path}: the video has no frames to take the poses' size from")
+    return int(img.shape[1]), int(img.shape[0])
+
+
 def from_flag(model: str, source: str) -> ControlSpec:
-    """`--controlnet MODEL SOURCE`: the source's kind from what it is (MODEL 'embedded' = the tiny one)."""
+    """`--controlnet MODEL SOURCE`: the source's kind from what it is (MODEL 'embedded' = the tiny one).
+    `SOURCE@WxH` or `SOURCE@VIDEO` gives the canvas of OpenPose JSON written in pixels."""
+    size = None
+    if "@" in source and not Path(source).expanduser().exists():
+        source, _, given = source.rpartition("@")
+        size = list(source_size(given, "--controlnet"))
     path = Path(source).expanduser()
     model = None if model.lower() in ("embedded", "default") else model
     if path.is_dir():
@@ -32,7 +65,7 @@ def from_flag(model: str, source: str) -> ControlSpec:
         kind = "video"
     else:
         raise usage(f"--controlnet: {source}: no such image, folder or video")
-    return ControlSpec(model=model, **{kind: str(path.resolve())})
+    return ControlSpec(model=model, size=size, **{kind: str(path.resolve())})
 
 
 def stamp(spec: ControlSpec) -> tuple:
@@ -159,7 +192,7 @@ def load(spec: ControlSpec, frames: int, width: int, height: int,
                 else:
                     from . import pose
 
-                    size = tuple(spec.size) if spec.size else None
+                    size = source_size(spec.size, "controlnet.size") if spec.size else None
                     people = pose.read_openpose_json(p, size=size)
                     w, h = size or (width, height)
                     img = pose.draw(people, w, h)

@@ -84,10 +84,14 @@ def control_residuals(parts, x, t, ehs) -> dict:
     return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
 
-def predict(unet, x, t, cond, uncond=None, guidance=1.0, controls=()):
+def predict(unet, x, t, cond, uncond=None, guidance=1.0, controls=(), ip=None):
     """One UNet call: x is frames (n, C, h, w) or windows (n, C, L, h, w); cond/uncond are per-frame
     embeddings (n*L, 77k, D), uncond meaning CFG; guidance a number or per frame (n, 1, L, 1, 1);
-    controls are (net, images (n*L, 3, H, W), scales (n*L,)) in the UNet's (batch, frame) order."""
+    controls are (net, images (n*L, 3, H, W), scales (n*L,)) in the UNet's (batch, frame) order;
+    ip is (tokens, uncond tokens) (n*L, 1, k, D) of an installed IP-Adapter, per frame.
+
+    The IP-Adapter's tokens go in beside the text, as UNetMotionModel passes them on after projecting
+    `added_cond_kwargs["image_embeds"]` (which it would repeat per window: here each frame has its own)."""
     import torch
 
     cfg = uncond is not None
@@ -98,16 +102,18 @@ def predict(unet, x, t, cond, uncond=None, guidance=1.0, controls=()):
         flat = x_in if x_in.ndim == 4 else x_in.transpose(1, 2).reshape(-1, x_in.shape[1], *x_in.shape[3:])
         extra = control_residuals([(net, torch.cat([im, im]) if cfg else im, torch.cat([sc, sc]) if cfg else sc)
                                    for net, im, sc in controls], flat, t, ehs)
-    return guided(unet(x_in, t, encoder_hidden_states=ehs, **extra).sample, cfg, guidance)
+    states = ehs if ip is None else (ehs, [torch.cat([ip[1], ip[0]]) if cfg else ip[0]])
+    return guided(unet(x_in, t, encoder_hidden_states=states, **extra).sample, cfg, guidance)
 
 
 def denoiser(unet, scheduler, cond, uncond=None, guidance=1.0, controls=(), steps: int = 1, wins=None,
-             before_window=None, per_call: int | None = None, progress=None):
+             before_window=None, per_call: int | None = None, progress=None, ip=None):
     """`model(latents, t, step)`: the noise prediction for a frame (wins None) or a clip over the
     context windows `wins`. `step` indexes the scheduler's timesteps; the last `steps` of them are
     the ones run, which the ControlNets' start/end refer to. `guidance` is a number for a frame, one
     per frame for a clip; `before_window(window)` runs before each UNet call (LoRA weights travelling
-    per window); `progress(n)` counts windows done."""
+    per window); `progress(n)` counts windows done; `ip` (pipeline.ipadapter.IpCond) gives each frame
+    its IP-Adapter tokens."""
     import torch
 
     def active(step):
@@ -117,7 +123,8 @@ def denoiser(unet, scheduler, cond, uncond=None, guidance=1.0, controls=(), step
     if wins is None:
         def model(x, t, step):
             ctl = [(c.net, c.images, c.scale) for c in active(step)]
-            return predict(unet, scheduler.scale_model_input(x, t), t, cond, uncond, guidance, ctl)
+            return predict(unet, scheduler.scale_model_input(x, t), t, cond, uncond, guidance, ctl,
+                           ip and (ip.cond, ip.uncond))
 
         return model
 
@@ -139,7 +146,7 @@ def denoiser(unet, scheduler, cond, uncond=None, guidance=1.0, controls=(), step
                           torch.cat([cond[i] for i in idx]), torch.cat([uncond[i] for i in idx]) if cfg else None,
                           torch.cat([g[:, :, i] for i in idx]) if cfg else g,
                           [(c.net, torch.cat([c.images[i] for i in idx]), torch.cat([c.scale[i] for i in idx]))
-                           for c in ctl])
+                           for c in ctl], ip and ip.frames(torch.cat(idx)))
             if len(wins) == 1:
                 noise = out
             else:

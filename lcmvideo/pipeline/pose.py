@@ -102,7 +102,8 @@ def read_openpose_json(path: Path, size: tuple[int, int] | None = None) -> list[
     elif any(((p[:, :2] < 0) | (p[:, :2] > 1))[p[:, 2] > 0].any() for p in people):
         # missing points (confidence 0) are written as 0, 0 and say nothing about the units
         raise usage(f"{path}: keypoints are in pixels but the file has no canvas_width/canvas_height; "
-                    "give the source size (size: [width, height])")
+                    "give the source size: --controlnet MODEL FOLDER@WIDTHxHEIGHT (or FOLDER@VIDEO, the video "
+                    "the poses came from), or size: [width, height] (or size: VIDEO) in the schedule")
     return people
 
 

@@ -259,6 +259,7 @@ def animatediff_mode(models, s: Settings, src: Source, rows, opts: Options, wd: 
     from . import img2img
     from .decode import decode
     from .decode import encode as vae_encode
+    from .ipadapter import prepare as prepare_ip
     from .text import conditioning
     from .text2video import denoise
 
@@ -274,6 +275,7 @@ def animatediff_mode(models, s: Settings, src: Source, rows, opts: Options, wd: 
     ckpt = wd / "latents.pt"
     with torch.inference_mode():
         cond, uncond, guidance = conditioning(models, s, rows)
+        ip = prepare_ip(models, s, rows, uncond is not None)
         generator = torch.Generator("cpu").manual_seed(s.seed)
         if ckpt.exists():
             state = torch.load(ckpt, weights_only=True)
@@ -303,7 +305,7 @@ def animatediff_mode(models, s: Settings, src: Source, rows, opts: Options, wd: 
 
         if done < s.steps:
             latents = denoise(models, cond, uncond, guidance, s, quiet, rows, controls,
-                                     start=(latents, generator, length, done), on_step=keep)
+                                     start=(latents, generator, length, done), on_step=keep, ip=ip)
         return decode(pipe.vae, latents, quiet)
 
 
@@ -332,6 +334,9 @@ def restyle(models, s: Settings, src: Source, opts: Options, out: Path, quiet: b
     from .decode import check_encoder
 
     check_encoder(models.pipe.vae)
+    if opts.mode == "frames" and s.ip_adapter is not None:
+        raise usage("ip_adapter: restyle's frames mode runs the image UNet, which takes no IP-Adapter here; "
+                    "use --mode animatediff")
     if opts.mode == "frames":
         img2img.unet2d(models)  # refuses unfused LoRAs (--no-fuse, lcm_map) before the work folder exists
     rows = plan(s)

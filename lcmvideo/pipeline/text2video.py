@@ -13,11 +13,13 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..models import ipadapter
 from ..schedule import FrameRow, Settings, finish, plan, windows
 from .budget import is_out_of_memory, out_of_memory
 from .control import prepare_controls
 from .decode import decode
 from .denoise import denoiser, frame_noise, sample, step_options
+from .ipadapter import prepare as prepare_ip
 from .text import conditioning
 
 
@@ -34,13 +36,14 @@ def resolve_settings(s: Settings, models) -> Settings:
 
 
 def denoise(models, cond, uncond, guidance, s: Settings, quiet: bool = True, rows=None, controls=None, start=None,
-            on_step=None):
+            on_step=None, ip=None):
     """LCM sampling of (1, C, T, h, w) latents; cond/uncond are per-frame embeddings (T, L, D);
     `s` has been through resolve_settings.
 
     `start` = (latents, generator, schedule_length, first_step) continues from given noisy
     latents (video-to-video, resume) over the last steps of a longer LCM schedule;
-    `on_step(step, latents, generator)` sees the latents after each step."""
+    `on_step(step, latents, generator)` sees the latents after each step; `ip` (ipadapter.IpCond) is
+    an IP-Adapter's conditioning, its adapter installed while this runs."""
     import torch
     from tqdm import tqdm
 
@@ -70,10 +73,21 @@ def denoise(models, cond, uncond, guidance, s: Settings, quiet: bool = True, row
         if travel is None:  # the loaded set's weights for every window (as fused): set once per step
             set_lora_weights(models, lora_curves(models, None), [0], factor["lcm"])
 
+    ip_travels = ip is not None and max(ip.scales) != min(ip.scales)
+    if ip is not None:
+        ipadapter.set_scale(ip.adapter, ip.scales[0])
+
+    def before_window(win):
+        if travel:
+            set_lora_weights(models, travel, win, factor["lcm"])
+        if ip_travels:  # per window, as LoRA weights: the processors take one scale per call
+            ipadapter.set_scale(ip.adapter, sum(ip.scales[i] for i in win) / len(win))
+
+    per_window = bool(travel) or ip_travels
     bar = tqdm(total=(len(sched.timesteps) - first) * len(wins), desc="denoise", disable=quiet, leave=False)
     model = denoiser(unet, sched, cond, uncond, guidance, controls or (), s.steps, wins,
-                     before_window=(lambda win: set_lora_weights(models, travel, win, factor["lcm"])) if travel else None,
-                     per_call=1 if travel else None, progress=bar.update)
+                     before_window=before_window if per_window else None, per_call=1 if per_window else None,
+                     progress=bar.update, ip=ip)
 
     def renoise(out, latents):
         # LCM re-noises its estimate for the next step with independent noise, TCD (gamma > 0) its
@@ -92,9 +106,10 @@ def denoise(models, cond, uncond, guidance, s: Settings, quiet: bool = True, row
                 latents.shape, share, generator, device, latents.dtype)
         return latents
 
-    latents = sample(model, sched, latents, generator, first, renoise if share > 0 else None, on_step,
-                     before_step=before_step if ramp is not None else None,
-                     step_kw=step_options(sched, models.spec.gamma))
+    with ipadapter.installed(unet, ip and ip.adapter):
+        latents = sample(model, sched, latents, generator, first, renoise if share > 0 else None, on_step,
+                         before_step=before_step if ramp is not None else None,
+                         step_kw=step_options(sched, models.spec.gamma))
     bar.close()
     return latents
 
@@ -142,7 +157,8 @@ def render(models, s: Settings, quiet: bool = True, cache: dict | None = None, t
             t0 = time.perf_counter()
             cond, uncond, guidance = conditioning(models, s, rows, cache)
             controls = prepare_controls(models, s, rows, cache)
-            latents = denoise(models, cond, uncond, guidance, s, quiet, rows, controls)
+            ip = prepare_ip(models, s, rows, uncond is not None, cache)
+            latents = denoise(models, cond, uncond, guidance, s, quiet, rows, controls, ip=ip)
             t1 = time.perf_counter()
             frames = decode(models.pipe.vae, latents, quiet)
             timing.update(denoise=t1 - t0, decode=time.perf_counter() - t1)

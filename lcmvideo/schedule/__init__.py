@@ -18,19 +18,20 @@ from .settings import (
                    Context,
                    ControlSpec,
                    FrameRow,
+                   IpAdapterSpec,
                    Keyframe,
                    LcmMap,
                    LoraRef,
                    ModelPaths,
                    Settings,
 )
-from .timeline import finish, full_prompt, negative_for, plan, require_prompt, resolve_frame, travels_lora, windows
-from .validate import apply_overrides, from_dict, parse_lcm_map, parse_lora
+from .timeline import finish, full_prompt, image_blend, negative_for, plan, require_prompt, resolve_frame, travels_lora, windows
+from .validate import apply_overrides, from_dict, parse_ip_image, parse_lcm_map, parse_lora
 
 __all__ = [
     "ANNOTATED", "FITS", "INPUT", "MODEL_KEYS", "SAMPLERS", "SIDECAR_MARK", "SOFT_MODEL_KEYS", "SOURCE_KEYS",
-    "TRAVEL", "Context", "ControlSpec", "FrameRow", "Keyframe", "LcmMap", "LoraRef", "ModelPaths", "Settings",
-    "Where", "apply_overrides", "dumps", "finish", "from_dict", "from_source", "from_text", "full_prompt", "load",
-    "negative_for", "parse_lora", "parse_lcm_map", "plan", "require_prompt", "resolve_frame", "travels_lora",
+    "TRAVEL", "Context", "ControlSpec", "FrameRow", "IpAdapterSpec", "Keyframe", "LcmMap", "LoraRef", "ModelPaths", "Settings",
+    "Where", "apply_overrides", "dumps", "finish", "from_dict", "from_source", "from_text", "full_prompt", "image_blend", "load",
+    "negative_for", "parse_ip_image", "parse_lora", "parse_lcm_map", "plan", "require_prompt", "resolve_frame", "travels_lora",
     "windows",
 ]

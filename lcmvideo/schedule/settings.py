@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import usage
 
-TRAVEL = ("guidance", "lcm_lora_scale", "controlnet_scale", "strength")  # per-keyframe numeric parameters
+TRAVEL = ("guidance", "lcm_lora_scale", "controlnet_scale", "strength", "ip_adapter_scale")  # per-keyframe numbers
 INTERPOLATIONS = ("linear", "slerp")
 SIDECAR_MARK = "lcmvideo"  # the top-level key that tells a render's sidecar JSON from a schedule
 
@@ -104,7 +104,7 @@ class ControlSpec:
     missing: str = "none"  # frames without an image in a sparse folder: none (no control) | nearest
     fit: str = "crop"  # crop (cover, centre crop) | pad (fit inside, black bars) | stretch
     count: str = "error"  # video/pose_from with another frame count: error | stretch (resample evenly)
-    size: list | None = None  # [width, height] of the canvas of pixel-coordinate OpenPose JSON
+    size: list | str | None = None  # canvas of pixel-coordinate OpenPose JSON: [w, h], "WxH" or its image/video
 
     @property
     def source(self) -> tuple[str, str]:
@@ -112,6 +112,16 @@ class ControlSpec:
             if getattr(self, k):
                 return k, getattr(self, k)
         raise usage(f"controlnet: needs one of {', '.join(SOURCE_KEYS)}")
+
+
+@dataclass
+class IpAdapterSpec:
+    """An IP-Adapter: an image (or a folder of images numbered by keyframe) as a prompt."""
+
+    model: str  # ip-adapter_sd15 / ip-adapter-plus_sd15 (.bin or .safetensors), or a name in models_dir
+    image: str  # an image, or a folder of images numbered by frame (0000.png, 0016.png): embeddings blend between
+    scale: float = 1.0  # strength of the image prompt (travels per keyframe as ip_adapter_scale)
+    encoder: str | None = None  # CLIP image encoder folder or file; None = beside the model or in clip_vision
 
 
 @dataclass
@@ -151,6 +161,7 @@ class Settings:
     shared_noise: float | None = None  # 0-1: share of the frames' noise they have in common; None = the model's
     models: ModelPaths = field(default_factory=ModelPaths)
     controlnet: list[ControlSpec] = field(default_factory=list)  # ControlNets with their conditioning
+    ip_adapter: IpAdapterSpec | None = None  # an image prompt
     output: str | None = None  # .mp4, .gif or a folder for PNG frames
     format: str | None = None  # mp4 | gif | png; None = from the output's extension
     resolved: list[Keyframe] = field(default_factory=list, repr=False)  # keyframes by frame, after finish()

@@ -62,6 +62,11 @@ def finish(s: Settings, where: Where | None = None) -> Settings:
                 known = ", ".join(sorted(names)) or "none are loaded"
                 raise where(("keyframes", kf.key, "lora_weights", p[5:]),
                             f"no LoRA named {p[5:]!r} in models.loras ({known})")
+    if s.ip_adapter is None:
+        for kf in s.resolved:
+            if "ip_adapter_scale" in kf.params:
+                s.warnings.append(f"{where.at(('keyframes', kf.key, 'ip_adapter_scale'))}: has no effect without "
+                                  "ip_adapter")
     _lint(s, where)
     return s
 
@@ -110,6 +115,8 @@ def plan(s: Settings) -> list[FrameRow]:
     defaults = {"guidance": s.guidance, "lcm_lora_scale": s.models.lcm_lora_scale,
                 "controlnet_scale": s.controlnet_scale, "strength": s.strength}
     defaults.update({f"lora:{r.key}": r.weight for r in s.models.loras})
+    if s.ip_adapter is not None:
+        defaults["ip_adapter_scale"] = s.ip_adapter.scale
     # each parameter travels between the keyframes that set it, from its global value at frame 0
     curves = {}
     for p, default in defaults.items():
@@ -125,6 +132,26 @@ def plan(s: Settings) -> list[FrameRow]:
             a, b, u = _segment(f, [(x[0], x[2]) for x in pts], s.frames, s.loop, s.hold)
             params[p] = pts[a][1] * (1 - u) + pts[b][1] * u
         rows.append(FrameRow(f, blend, params))
+    return rows
+
+
+def image_blend(numbered: list[int], frames: int, loop: bool = False, hold: float = 0.0) -> list[list[tuple[int, float]]]:
+    """Per frame, which of the images numbered by frame (sorted frame numbers) blend with what weights,
+    as keyframes' prompts blend; frames before the first image take the first."""
+    points = [(f, None) for f in numbered]
+    rows = []
+    first, last = numbered[0], numbered[-1]
+    for f in range(frames):
+        if f < first and not loop:
+            rows.append([(0, 1.0)])
+            continue
+        if loop and (f >= last or f < first):  # from the last image round to the first
+            i, j = len(numbered) - 1, 0
+            t = ((f - last) % frames) / (frames - last + first)
+            t = 0.0 if t <= hold else (t - hold) / (1 - hold)
+        else:
+            i, j, t = _segment(f, points, frames, False, hold)
+        rows.append([(i, 1.0)] if t == 0.0 or i == j else [(i, 1.0 - t), (j, t)])
     return rows
 
 

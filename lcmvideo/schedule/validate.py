@@ -19,6 +19,7 @@ from .settings import (
     SOURCE_KEYS,
     TRAVEL,
     ControlSpec,
+    IpAdapterSpec,
     LcmMap,
     LoraRef,
     ModelPaths,
@@ -71,6 +72,7 @@ NUMBERS = {  # key: (type, low, high, what)
     "hold": (float, 0.0, 0.99, "a number"),
     "lcm_lora_scale": (float, 0.0, 5.0, "a number"),
     "shared_noise": (float, 0.0, 1.0, "a number from 0 to 1"),
+    "ip_adapter_scale": (float, 0.0, 5.0, "a number"),
 }
 
 
@@ -206,10 +208,52 @@ def _control(d, path, where, base_dir: Path | None) -> ControlSpec:
             setattr(c, k, v)
     if d.get("size") is not None:
         v = d["size"]
-        if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v)):
-            raise where(path + ("size",), f"expected [width, height] in pixels, got {v!r}")
+        if isinstance(v, str) and v.strip():  # WxH, or the image/video the poses came from
+            q = Path(v).expanduser()
+            if base_dir is not None and not q.is_absolute() and (base_dir / q).exists():
+                v = str((base_dir / q).resolve())
+        elif not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                              and x > 0 for x in v)):
+            raise where(path + ("size",), f"expected [width, height] in pixels, WIDTHxHEIGHT or the image/video "
+                                          f"the poses came from, got {v!r}")
         c.size = v
     return c
+
+
+def _ip_adapter(d, path, where, base_dir: Path | None) -> IpAdapterSpec:
+    if not isinstance(d, dict):
+        raise where(path, f"expected a mapping with model and image, got {d!r}")
+    _check_keys(d, {f.name for f in fields(IpAdapterSpec)}, path, where)
+    for k in ("model", "image"):
+        if d.get(k) is None:
+            raise where(path, f"missing key {k!r}")
+    values = {}
+    for k in ("model", "image", "encoder"):
+        v = _str(d.get(k), path + (k,), where, optional=True)
+        if v is not None and base_dir is not None:  # relative to the file, as models are
+            q = Path(v).expanduser()
+            if not q.is_absolute() and (k == "image" or (base_dir / q).exists()):
+                v = str((base_dir / q).resolve())
+        values[k] = v
+    scale = _num(d.get("scale", 1.0), path + ("scale",), where, *NUMBERS["ip_adapter_scale"][:3])
+    return IpAdapterSpec(values["model"], values["image"], scale, values["encoder"])
+
+
+def parse_ip_image(text: str, error=None) -> tuple[str, float | None]:
+    """'IMAGE[:SCALE]' -> (image, scale or None); a Windows drive letter's colon is not a scale."""
+    error = error or (lambda msg: usage(f"--ip-image: {msg}"))
+    path, sep, scale = text.rpartition(":")
+    if sep and path and not (len(path) == 1 and path.isalpha()):
+        try:
+            v = float(scale)
+        except ValueError:
+            if "/" not in scale and "\\" not in scale:
+                raise error(f"'{text}': the scale after ':' must be a number") from None
+            return text, None
+        if not (math.isfinite(v) and 0 <= v <= 5):
+            raise error(f"'{text}': the scale must be from 0 to 5, got {v:g}")
+        return path, v
+    return text, None
 
 
 def _keyframe_value(v, path, where) -> dict:
@@ -283,7 +327,7 @@ def from_dict(d: Any, where: Where, base_dir: Path | None = None) -> Settings:
     if d.get("shared_noise") is not None:  # null, as a sidecar may say: the model's default
         s.shared_noise = _num(d["shared_noise"], ("shared_noise",), where, *NUMBERS["shared_noise"])
     if d.get("seed") is not None:
-        s.seed = _num(d["seed"], ("seed",), where, int, lo=0, hi=2**63 - 1, what="a whole number")
+        s.seed = _num(d["seed"], ("seed",), where, int, lo=0, hi=2**64 - 1, what="a whole number")  # torch's range
     if "models" in d:
         s.models = _models(d["models"], ("models",), where, base_dir)
     if "controlnet" in d:
@@ -294,6 +338,8 @@ def from_dict(d: Any, where: Where, base_dir: Path | None = None) -> Settings:
         for i, item in enumerate(items):
             s.controlnet.append(_control(item, ("controlnet", Index(i)) if isinstance(c, list) else ("controlnet",),
                                          where, base_dir))
+    if d.get("ip_adapter") is not None:
+        s.ip_adapter = _ip_adapter(d["ip_adapter"], ("ip_adapter",), where, base_dir)
     if "output" in d:
         s.output = _str(d["output"], ("output",), where, optional=True)
         if s.output and base_dir is not None and not Path(s.output).expanduser().is_absolute():
@@ -302,6 +348,30 @@ def from_dict(d: Any, where: Where, base_dir: Path | None = None) -> Settings:
         s.format = _str(d["format"], ("format",), where, optional=True)
     s.where = where
     return finish(s, where)
+
+
+def _ip_flags(s: Settings, model: str | None, image, encoder: str | None):
+    """--ip-adapter PATH, --ip-image IMAGE[:SCALE] (text, or (image, scale) as parse_ip_image gives)
+    and --ip-encoder over the schedule's ip_adapter (on `s`, a copy)."""
+    if isinstance(image, str):
+        image = parse_ip_image(image)
+    if model is None and image is None and encoder is None:
+        return
+    if s.ip_adapter is None:
+        if model is None:
+            flag = "--ip-image" if image is not None else "--ip-encoder"
+            raise usage(f"{flag}: needs --ip-adapter PATH (or ip_adapter in the schedule)")
+        if image is None:
+            raise usage("--ip-adapter: needs --ip-image IMAGE[:SCALE] (or ip_adapter.image in the schedule)")
+        s.ip_adapter = IpAdapterSpec(model, image[0])
+    if model is not None:
+        s.ip_adapter.model = model
+    if image is not None:
+        s.ip_adapter.image = image[0]
+        if image[1] is not None:
+            s.ip_adapter.scale = image[1]
+    if encoder is not None:
+        s.ip_adapter.encoder = encoder
 
 
 def apply_overrides(s: Settings, **flags) -> Settings:
@@ -313,10 +383,13 @@ def apply_overrides(s: Settings, **flags) -> Settings:
         raise usage(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {flags['sampler']!r}")
     if flags.get("gamma") is not None and not 0 <= flags["gamma"] <= 1:
         raise usage(f"--gamma: expected a number from 0 to 1, got {flags['gamma']}")
+    if flags.get("seed") is not None and not 0 <= flags["seed"] <= 2**64 - 1:
+        raise usage(f"--seed: expected a whole number from 0 to 2^64-1, got {flags['seed']}")
     if flags.get("clip_skip") is not None and not (isinstance(flags["clip_skip"], int) and 1 <= flags["clip_skip"] <= 12):
         raise usage(f"--clip-skip: expected a whole number from 1 to 12, got {flags['clip_skip']!r}")
     s = s.copy()
     s.where = s.where or Where("command line")
+    _ip_flags(s, flags.pop("ip_adapter", None), flags.pop("ip_image", None), flags.pop("ip_encoder", None))
     prompt = flags.pop("prompt", None)
     if prompt is not None:
         s.keyframes = {"0": {"prompt": prompt}}
