@@ -278,10 +278,16 @@ def sidecar(command: str, fmt: str, s: Settings, spec, frames: np.ndarray, **mar
     """The metadata every written clip carries: enough to make it again."""
     from . import models
 
+    ip = models.resolve_ip_adapter(s.ip_adapter, spec, s.sources) if s.ip_adapter is not None else None
+    described = models.describe(spec, embeddings_used(s, spec))
+    if ip is not None:
+        described["ip_adapter"] = {"path": str(ip[0].path), "layout": ip[0].sniffed.layout,
+                                   "sha256": models.sha256_prefix(ip[0].path), "encoder": str(ip[1].path),
+                                   "encoder_sha256": models.sha256_prefix(ip[1].path), "source": ip[1].source}
     return {
         schedule.SIDECAR_MARK: {"version": __version__, "command": command, "format": fmt, **mark},
-        "settings": recorded_settings(s, spec),
-        "models": models.describe(spec, embeddings_used(s, spec)),
+        "settings": recorded_settings(s, spec, ip),
+        "models": described,
         "versions": versions(),
         "output": {"frames": int(frames.shape[0]), "width": int(frames.shape[2]), "height": int(frames.shape[1]),
                    "fps": s.fps, "seed": s.seed},
@@ -314,10 +320,9 @@ def versions() -> dict:
     return out
 
 
-def recorded_settings(s: Settings, spec) -> dict:
-    """The settings as a schedule that re-renders the same frames: models by absolute path."""
-    from . import models
-
+def recorded_settings(s: Settings, spec, ip=None) -> dict:
+    """The settings as a schedule that re-renders the same frames: models by absolute path (`ip`: the
+    IP-Adapter's and its encoder's ModelRefs, as resolve_ip_adapter gives them)."""
     d = s.to_dict()
     m = d["models"]
     m["base"] = None if spec.embedded else str(spec.base.path.resolve())
@@ -331,8 +336,8 @@ def recorded_settings(s: Settings, spec) -> dict:
                        or not r.source.startswith("found in")]
     m["models_dir"] = None
     m["device"], m["dtype"] = spec.device, spec.dtype
-    if s.ip_adapter is not None:  # the files by absolute path, the encoder as found
-        ref, enc = models.resolve_ip_adapter(s.ip_adapter, spec, s.sources)
+    if ip is not None:  # the files by absolute path, the encoder as found
+        ref, enc = ip
         d["ip_adapter"].update(model=str(ref.path.resolve()), encoder=str(enc.path.resolve()),
                                image=str(Path(s.ip_adapter.image).expanduser().resolve()))
     d["output"] = None
