@@ -218,10 +218,9 @@ def render(obj: Ctx, schedule_files, output, watch, max_renders, seeds, workers,
     \b
     Examples:
       lcmvideo render prompts/travel.yaml -o travel.mp4
-      lcmvideo render -p "a red circle" --frames 16 --seed 1 -f gif
-      lcmvideo render -p "a red circle" --motion-lora embedded:right:0.8 --motion-scale 1.2
+      lcmvideo render -p "a red circle" --frames 16 --seed 1 -f gif --motion-scale 1.2
       lcmvideo render prompts/ --seeds 1-4 -o renders/ --model dreamshaper_8.safetensors \\
-          --motion mm_sd_v15_v2.ckpt --lcm-lora lcm-lora-sdv1-5.safetensors
+          --motion mm_sd_v15_v2.ckpt --lcm-lora lcm-lora-sdv1-5.safetensors --motion-lora v2_lora_ZoomIn.ckpt:0.8
     """
     from . import app
     from .pipeline import control
