@@ -65,8 +65,9 @@ def finish(s: Settings, where: Where | None = None) -> Settings:
         for p in kf.params:
             if p.startswith("lora:") and p[5:] not in names:
                 known = ", ".join(sorted(names)) or "none are loaded"
+                motion = " or models.motion_loras" if s.models.motion_loras else ""
                 raise where(("keyframes", kf.key, "lora_weights", p[5:]),
-                            f"no LoRA named {p[5:]!r} in models.loras or models.motion_loras ({known})")
+                            f"no LoRA named {p[5:]!r} in models.loras{motion} ({known})")
     _lint(s, where)
     return s
 
