@@ -310,3 +310,22 @@ def test_cli_render_with_motion_lora_and_sidecar_rerender(files, tmp_path):
     np.testing.assert_array_equal(again, first)
     plain, _ = video.read(out)
     assert plain.shape == first.shape
+
+
+def test_restyle_animatediff_mode_takes_motion_loras(files, tmp_path):
+    src = tmp_path / "src"
+    x = np.arange(64)
+    clip = np.stack([np.broadcast_to(((x[None, :, None] + 4 * t) % 64 * 4).astype(np.uint8), (64, 64, 3))
+                     for t in range(8)])
+    video.write(clip, src, 8.0, "png")
+    args = ["-q", "restyle", str(src), "-p", "a blue circle", "--mode", "animatediff", "--seed", "4", "--steps", "2",
+            "--strength", "0.8", "--no-report"]
+    outs = {}
+    for name, extra in (("plain", []), ("lora", ["--motion-lora", f"{files['ckpt']}:1.0"])):
+        out = tmp_path / f"{name}.mp4"
+        r = CliRunner().invoke(cli, [*args, *extra, "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        outs[name] = video.read(out)[0].astype(int)
+    side = json.loads(video.sidecar_path(tmp_path / "lora.mp4").read_text())
+    assert side["settings"]["models"]["motion_loras"][0]["name"] == "v2_lora_Test"
+    assert np.abs(outs["plain"] - outs["lora"]).mean() > 0.5
