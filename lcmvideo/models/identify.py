@@ -64,7 +64,7 @@ def _motion_lora(shapes: dict, path: Path) -> Sniffed:
     bare = [k.removeprefix("unet.") for k in shapes]
     layout = "animatediff-original" if any(".temporal_transformer." in k for k in bare) else "diffusers"
     ch = _context_dim({k.removeprefix("unet."): s for k, s in shapes.items()},
-                      r"^down_blocks\.0\.motion_modules\.0\..*to_q_lora\.down\.weight$", 1)
+                      r"^down_blocks\.0\.motion_modules\.0\..*to_q(_lora\.down|\.lora_A)\.weight$", 1)
     family = "SD1.5" if ch == 320 else f"SD1.5-structured (channels {ch})"
     return Sniffed("motion_lora", layout, family, path,
                    {"mid_block": any(k.startswith("mid_block.") for k in bare), "channels": ch})

@@ -607,7 +607,9 @@ def _lora_refs(spec: ModelSpec) -> list:
     return ([spec.lcm_lora] if spec.lcm_lora.sniffed else []) + spec.loras + spec.motion_loras
 
 
-LORA_LEAF = re.compile(r"\.processor\.to_(q|k|v|out)_lora\.(down|up)\.weight$")
+# a LoRA tensor's target layer and side: the attention processors' old layout (AnimateDiff's files) or peft's
+LORA_LEAF = re.compile(r"\.processor\.to_(?P<p>q|k|v|out)_lora\.(?P<d>down|up)\.weight$"
+                       r"|\.to_(?P<p2>q|k|v|out)(?:\.0)?\.lora_(?P<d2>A|B)\.weight$")
 
 
 def motion_lora_to_diffusers(sd: dict) -> dict:
@@ -635,15 +637,16 @@ def _check_motion_lora(ref, sd: dict, unet):
         m = LORA_LEAF.search(k)
         if m is None or ".motion_modules." not in k:
             raise usage(f"{ref.path}: not a motion LoRA's tensor: {k}")
-        name = k[len("unet."):m.start()] + (".to_out.0" if m.group(1) == "out" else f".to_{m.group(1)}")
+        proj, down = m.group("p") or m.group("p2"), (m.group("d") or m.group("d2")) in ("down", "A")
+        name = k[len("unet."):m.start()] + (".to_out.0" if proj == "out" else f".to_{proj}")
         try:
             layer = unet.get_submodule(name)
         except AttributeError:
             raise usage(f"{ref.path}: a motion LoRA for another motion module (the loaded one has no {name})") from None
-        dim = layer.in_features if m.group(2) == "down" else layer.out_features
-        if v.shape[1 if m.group(2) == "down" else 0] != dim:
+        dim, have = (layer.in_features, v.shape[1]) if down else (layer.out_features, v.shape[0])
+        if have != dim:
             raise usage(f"{ref.path}: a motion LoRA for another motion module ({name} is {dim} wide here, "
-                        f"{v.shape[1 if m.group(2) == 'down' else 0]} in the LoRA)")
+                        f"{have} in the LoRA)")
 
 
 def _lora_state_dict(ref, pipe, dtype, device) -> dict:
