@@ -33,7 +33,14 @@ def motion_sd(tiny_models):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, motion_sd):
     d = tmp_path_factory.mktemp("motion_lora")
-    return {"ckpt": write_motion_lora(motion_sd, d / "v2_lora_Test.ckpt"),
+    from safetensors.torch import save_file
+
+    peft = {k.replace(".processor.to_out_lora.", ".to_out.0.lora_").replace(".processor.to_", ".to_")
+            .replace("_lora.", ".lora_").replace("lora_down.", "lora_A.").replace("lora_up.", "lora_B."): v.contiguous()
+            for k, v in motion_sd.items()}
+    save_file(peft, str(d / "peft_motion_lora.safetensors"))
+    return {"peft": d / "peft_motion_lora.safetensors",
+            "ckpt": write_motion_lora(motion_sd, d / "v2_lora_Test.ckpt"),
             "safetensors": write_motion_lora(motion_sd, d / "v2_lora_Test.safetensors"),
             "diffusers": write_motion_lora(motion_sd, d / "animatediff-motion-lora-test", layout="diffusers").parent}
 
@@ -80,7 +87,7 @@ def diffusers_script_conversion(original: dict) -> dict:
     return out
 
 
-@pytest.mark.parametrize("layout", ["ckpt", "safetensors", "diffusers"])
+@pytest.mark.parametrize("layout", ["ckpt", "safetensors", "diffusers", "peft"])
 def test_each_layout_loads_as_diffusers_loads_it(layout, files, tiny_dir, tmp_path):
     from safetensors.torch import save_file
 
@@ -88,13 +95,15 @@ def test_each_layout_loads_as_diffusers_loads_it(layout, files, tiny_dir, tmp_pa
 
     ours = load(motion_loras=[LoraRef(str(files[layout]), 0.8)])
     sn = ours.spec.motion_loras[0].sniffed
-    assert (sn.kind, sn.layout) == ("motion_lora", "diffusers" if layout == "diffusers" else "animatediff-original")
+    assert (sn.kind, sn.layout) == ("motion_lora", "diffusers" if layout in ("diffusers", "peft") else
+                                    "animatediff-original")
     # the original file converted by diffusers' documented key map, then read by diffusers' loader
     folder = tmp_path / "converted"
     folder.mkdir()
-    src = files["diffusers"] / "diffusion_pytorch_model.safetensors" if layout == "diffusers" else files[layout]
+    src = files["diffusers"] / "diffusion_pytorch_model.safetensors" if layout in ("diffusers", "peft") \
+        else files[layout]
     sd = load_state_dict(src)
-    save_file(sd if layout == "diffusers" else diffusers_script_conversion(sd),
+    save_file(sd if layout in ("diffusers", "peft") else diffusers_script_conversion(sd),
               str(folder / "diffusion_pytorch_model.safetensors"))
     ref = motion_weights(diffusers_reference(tiny_dir, folder, 0.8))
     got = motion_weights(ours.pipe.unet)
