@@ -18,7 +18,7 @@ from ..schedule import FrameRow, Settings, finish, plan, windows
 from .budget import is_out_of_memory, out_of_memory
 from .control import prepare_controls
 from .decode import decode
-from .denoise import denoiser, frame_noise, sample, step_options
+from .denoise import denoiser, frame_noise, sample, set_motion_scale, step_options
 from .ipadapter import prepare as prepare_ip
 from .text import conditioning
 
@@ -64,6 +64,10 @@ def denoise(models, cond, uncond, guidance, s: Settings, quiet: bool = True, row
         first += length - s.steps
     wins = windows(s.frames, min(s.context.length, models.max_frames), s.context.overlap, s.loop)
     travel = lora_travel(models, rows) if rows else None
+    motion = [r.params.get("motion_scale", s.motion_scale) for r in rows] if rows else [s.motion_scale]
+    moving = max(motion) != min(motion)  # travelling: the scale is set per frame of each window
+    set_motion_scale(unet, None if moving else motion[0])
+
     ramp = models.spec.lcm_map if "lcm_lora_scale" in models.adapters else None
     run0 = len(sched.timesteps) - s.steps  # the steps run are the schedule's last s.steps
     factor = {"lcm": 1.0}  # the LCM-LoRA's scale at the current step, lcm_map's
@@ -82,8 +86,10 @@ def denoise(models, cond, uncond, guidance, s: Settings, quiet: bool = True, row
             set_lora_weights(models, travel, win, factor["lcm"])
         if ip_travels:  # per window, as LoRA weights: the processors take one scale per call
             ipadapter.set_scale(ip.adapter, sum(ip.scales[i] for i in win) / len(win))
+        if moving:
+            set_motion_scale(unet, torch.tensor([motion[i] for i in win]))
 
-    per_window = bool(travel) or ip_travels
+    per_window = bool(travel) or ip_travels or moving
     bar = tqdm(total=(len(sched.timesteps) - first) * len(wins), desc="denoise", disable=quiet, leave=False)
     model = denoiser(unet, sched, cond, uncond, guidance, controls or (), s.steps, wins,
                      before_window=before_window if per_window else None, per_call=1 if per_window else None,
@@ -106,18 +112,22 @@ def denoise(models, cond, uncond, guidance, s: Settings, quiet: bool = True, row
                 latents.shape, share, generator, device, latents.dtype)
         return latents
 
-    with ipadapter.installed(unet, ip and ip.adapter):
-        latents = sample(model, sched, latents, generator, first, renoise if share > 0 else None, on_step,
-                         before_step=before_step if ramp is not None else None,
-                         step_kw=step_options(sched, models.spec.gamma))
-    bar.close()
+    try:
+        with ipadapter.installed(unet, ip and ip.adapter):
+            latents = sample(model, sched, latents, generator, first, renoise if share > 0 else None, on_step,
+                             before_step=before_step if ramp is not None else None,
+                             step_kw=step_options(sched, models.spec.gamma))
+    finally:
+        set_motion_scale(unet, None)  # the loaded set is shared (a Session, img2img's 2D view)
+        bar.close()
     return latents
 
 
 def lora_curves(models, rows: list[FrameRow] | None) -> dict:
     """Per-frame weight of each loaded adapter (adapter name -> weights)."""
     spec = models.spec
-    fixed = {"lcm_lora_scale": spec.lcm_lora_scale, **{f"lora:{r.key}": r.weight for r in spec.loras}}
+    fixed = {"lcm_lora_scale": spec.lcm_lora_scale,
+             **{f"lora:{r.key}": r.weight for r in [*spec.loras, *spec.motion_loras]}}
     return {name: [r.params.get(param, fixed.get(param, 0.0)) for r in rows] if rows else [fixed.get(param, 0.0)]
             for param, name in models.adapters.items()}
 
