@@ -20,7 +20,8 @@ LDM_VAE_PREFIXES = ("first_stage_model.", "vae.")
 @dataclass
 class Sniffed:
     kind: str  # base | motion | motion_lora | lora | controlnet | vae | embedding | ip_adapter | clip_vision
-    layout: str  # diffusers | ldm | animatediff-original | animatediff-adapter | kohya | peft | taesd | a1111 | ip-adapter[-plus|-full]
+    # diffusers | ldm | animatediff-original | animatediff-adapter | kohya | peft | taesd | a1111 | ip-adapter[-plus|-full]
+    layout: str
     family: str  # SD1.5 | SD2.x | SDXL | SD1.5-structured (tiny) ...
     file: Path  # the file or folder to load
     detail: dict = field(default_factory=dict)
