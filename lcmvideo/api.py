@@ -320,6 +320,8 @@ def recorded_settings(s: Settings, spec) -> dict:
     m["lcm_lora"] = "none" if spec.lcm_lora.path is None else (
         None if spec.embedded else str(spec.lcm_lora.path.resolve()))
     m["loras"] = [{"path": str(r.path.resolve()), "weight": r.weight, "name": r.key} for r in spec.loras]
+    m["motion_loras"] = [{"path": r.given if r.given.lower().startswith("embedded:") else str(r.path.resolve()),
+                          "weight": r.weight, "name": r.key} for r in spec.motion_loras]
     m["vae"] = str(spec.vae.path.resolve()) if spec.vae else None
     # the named embeddings by path; those found in models_dir by their path too, as models_dir is not kept
     m["embeddings"] = [str(r.path.resolve()) for r in spec.embeddings if r.key.lower() in embeddings_used(s, spec)

@@ -119,7 +119,10 @@ def model_options(f):
                           "[env: LCMVIDEO_LCM_LORA]"),
         click.option("--lcm-lora-scale", type=float, help="LCM-LoRA strength.  [default: 1.0]"),
         click.option("--lora", "loras", multiple=True, metavar="PATH[:WEIGHT]",
-                     help="Extra style LoRA; repeatable."),
+                     help="Extra style LoRA (also AnimateDiff v3's v3_sd15_adapter.ckpt); repeatable."),
+        click.option("--motion-lora", "motion_loras", multiple=True, metavar="PATH[:WEIGHT]",
+                     help="AnimateDiff MotionLoRA (v2_lora_ZoomIn.ckpt, an animatediff-motion-lora-* folder, "
+                          "a name in --models-dir, or embedded:right|left|up|down); repeatable."),
         click.option("--no-fuse", "no_fuse", is_flag=True,
                      help="Keep LoRAs as adapters instead of fusing them into the weights."),
         click.option("--models-dir", metavar="DIR",
@@ -148,13 +151,14 @@ def model_options(f):
 
 
 def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_dir, device, dtype, vae=None,
-                embeddings=(), clip_skip=None, sampler=None, gamma=None) -> dict:
+                embeddings=(), clip_skip=None, sampler=None, gamma=None, motion_loras=()) -> dict:
     import os
 
     from .schedule import parse_lora
 
     return dict(base=base, motion=motion, lcm_lora=lcm_lora, lcm_lora_scale=lcm_lora_scale,
                 loras=tuple(parse_lora(x) for x in loras), fuse=False if no_fuse else None,
+                motion_loras=tuple(parse_lora(x, flag="--motion-lora") for x in motion_loras),
                 models_dir=models_dir, device=device or os.environ.get("LCMVIDEO_DEVICE") or None, dtype=dtype,
                 vae=vae, embeddings=tuple(embeddings), clip_skip=clip_skip, sampler=sampler, gamma=gamma)
 
@@ -184,6 +188,9 @@ def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_d
 @click.option("--shared-noise", type=click.FloatRange(0, 1),
               help="Share of the noise all frames have in common (steadier layout, less motion).  "
                    "[default: the motion module's, 0 for most]")
+@click.option("--motion-scale", type=click.FloatRange(0, 5),
+              help="The motion modules' effect: 0 draws each frame alone, above 1 exaggerates (travels per "
+                   "keyframe as motion_scale).  [default: 1.0]")
 @click.option("--controlnet", "controlnets", nargs=2, multiple=True, metavar="MODEL SOURCE",
               help="A ControlNet and its conditioning: a folder of numbered images or OpenPose JSON, an image, "
                    "or a video; MODEL 'embedded' with the embedded base. Repeatable; replaces the file's.")
@@ -197,7 +204,8 @@ def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_d
 @click.pass_obj
 def render(obj: Ctx, schedule_files, output, watch, max_renders, seeds, workers, ray_address, fmt, prompt, negative_prompt,
            frames, width, height, fps, steps,
-           guidance, seed, shared_noise, controlnets, controlnet_scale, context_length, context_overlap, **model_kw):
+           guidance, seed, shared_noise, motion_scale, controlnets, controlnet_scale, context_length, context_overlap,
+           **model_kw):
     """Render clips from schedule files (YAML/JSON, an animatediff-cli-prompt-travel
     JSON, or an A1111 prompt-box .txt; folders and globs too) or a --prompt.
 
@@ -210,16 +218,16 @@ def render(obj: Ctx, schedule_files, output, watch, max_renders, seeds, workers,
     \b
     Examples:
       lcmvideo render prompts/travel.yaml -o travel.mp4
-      lcmvideo render -p "a red circle" --frames 16 --seed 1 -f gif
+      lcmvideo render -p "a red circle" --frames 16 --seed 1 -f gif --motion-scale 1.2
       lcmvideo render prompts/ --seeds 1-4 -o renders/ --model dreamshaper_8.safetensors \\
-          --motion mm_sd_v15_v2.ckpt --lcm-lora lcm-lora-sdv1-5.safetensors
+          --motion mm_sd_v15_v2.ckpt --lcm-lora lcm-lora-sdv1-5.safetensors --motion-lora v2_lora_ZoomIn.ckpt:0.8
     """
     from . import app
     from .pipeline import control
 
     flags = dict(prompt=prompt, negative_prompt=negative_prompt, frames=frames, width=width, height=height,
                  fps=fps, steps=steps, guidance=guidance, seed=seed, shared_noise=shared_noise,
-                 context_length=context_length, context_overlap=context_overlap,
+                 motion_scale=motion_scale, context_length=context_length, context_overlap=context_overlap,
                  controlnet=tuple(control.from_flag(m, src) for m, src in controlnets),
                  controlnet_scale=controlnet_scale, output=str(output) if output else None, format=fmt)
     flags.update(model_flags(**model_kw))

@@ -471,3 +471,65 @@ def write_a1111_embedding(vectors: torch.Tensor, path, name: str | None = None) 
                     "name": name or path.stem, "step": 1000, "sd_checkpoint": "0123456789",
                     "sd_checkpoint_name": "sd15"}, path)
     return path
+
+
+# ---------------------------------------------------------------- AnimateDiff MotionLoRA, v3 domain adapter
+
+_ATTN_ORIGINAL = ((".attn1.", ".attention_blocks.0."), (".attn2.", ".attention_blocks.1."))
+
+
+def random_processor_lora(unet, match, rank: int = 4, seed: int = 0, std: float = 0.1) -> dict:
+    """Random LoRA tensors in the attention processors' old layout (what AnimateDiff's files use), for
+    every to_q/to_k/to_v/to_out.0 Linear of `unet` whose module name `match(name)` accepts: diffusers'
+    naming with the `unet.` prefix, `unet.<attention>.processor.to_q_lora.down.weight` (rank, in) and
+    `.up.weight` (out, rank)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, mod in unet.named_modules():
+        m = re.fullmatch(r"(.+)\.(to_q|to_k|to_v|to_out\.0)", name)
+        if m is None or not isinstance(mod, torch.nn.Linear) or not match(name):
+            continue
+        leaf = m.group(2).replace(".0", "")
+        out[f"unet.{m.group(1)}.processor.{leaf}_lora.down.weight"] = torch.randn(rank, mod.in_features, generator=g) * std
+        out[f"unet.{m.group(1)}.processor.{leaf}_lora.up.weight"] = torch.randn(mod.out_features, rank, generator=g) * std
+    return out
+
+
+def to_motion_lora_original(diffusers_sd: dict) -> dict:
+    """diffusers' motion-LoRA layout (animatediff-motion-lora-*: unet.X.motion_modules.i.transformer_blocks.0
+    .attn1.processor.to_q_lora.down.weight) -> AnimateDiff's original (v2_lora_*.ckpt: X.motion_modules.i
+    .temporal_transformer.transformer_blocks.0.attention_blocks.0.processor.to_q_lora.down.weight): the
+    inverse of diffusers' scripts/convert_animatediff_motion_lora_to_diffusers.py."""
+    out = {}
+    for k, v in diffusers_sd.items():
+        m = re.fullmatch(r"unet\.(.+\.motion_modules\.\d+)\.(transformer_blocks\..+)", k)
+        if m is None:
+            raise ValueError(f"motion LoRA: {k} has no place in the original layout")
+        rest = "." + m.group(2)
+        for d, o in _ATTN_ORIGINAL:
+            rest = rest.replace(d, o)
+        out[f"{m.group(1)}.temporal_transformer{rest}"] = v
+    return _plain(out)
+
+
+def write_motion_lora(diffusers_sd: dict, path, layout: str = "original") -> Path:
+    """A MotionLoRA file: layout "original" (.ckpt flat, or .safetensors) or "diffusers" (`path` a folder
+    holding diffusion_pytorch_model.safetensors, as guoyww/animatediff-motion-lora-* on the hub)."""
+    path = Path(path)
+    if layout == "diffusers":
+        path.mkdir(parents=True, exist_ok=True)
+        return save_weights(_plain(diffusers_sd), path / "diffusion_pytorch_model.safetensors")
+    return save_weights(to_motion_lora_original(diffusers_sd), path, wrap=False)
+
+
+def to_v3_adapter(diffusers_sd: dict) -> dict:
+    """An image-UNet LoRA in diffusers' processor layout -> v3_sd15_adapter.ckpt's: the same keys without
+    the `unet.` prefix (AnimateDiff's load_diffusers_lora walks them from the UNet itself)."""
+    if not all(k.startswith("unet.") and ".motion_modules." not in k for k in diffusers_sd):
+        raise ValueError("the v3 domain adapter changes the image UNet's layers only")
+    return _plain({k[len("unet."):]: v for k, v in diffusers_sd.items()})
+
+
+def write_v3_adapter(diffusers_sd: dict, path, wrap: bool = True) -> Path:
+    """v3_sd15_adapter.ckpt: torch.save of {"state_dict": ...} (or flat), read with weights_only=True."""
+    return save_weights(to_v3_adapter(diffusers_sd), path, wrap=wrap)

@@ -46,13 +46,13 @@ def describe(spec: ModelSpec, embeddings_used: list[str] | None = None) -> dict:
     decoded; the embeddings the prompts used (lower-case names, text.embeddings_in)."""
     out = {}
     for ref in spec.refs():
-        name = ref.role if ref.role != "lora" else f"lora:{ref.given}"
+        name = f"{ref.role}:{ref.given}" if ref.role in ("lora", "motion_lora") else ref.role
         if ref.sniffed is None:
             out[name] = {"path": None, "source": ref.source}
             continue
         out[name] = {"path": str(ref.path), "layout": ref.sniffed.layout, "family": ref.sniffed.family,
                      "sha256": sha256_prefix(ref.path), "source": ref.source}
-        if ref.role == "lora":
+        if ref.role in ("lora", "motion_lora"):
             out[name]["weight"] = ref.weight
         if ref.role == "vae":
             out[name]["decoder"] = "TAESD" if ref.sniffed.detail.get("decoder") == "taesd" else "AutoencoderKL"

@@ -19,8 +19,8 @@ LDM_VAE_PREFIXES = ("first_stage_model.", "vae.")
 
 @dataclass
 class Sniffed:
-    kind: str  # base | motion | lora | controlnet | vae | embedding
-    layout: str  # diffusers | ldm | animatediff-original | kohya | peft | taesd | a1111
+    kind: str  # base | motion | motion_lora | lora | controlnet | vae | embedding
+    layout: str  # diffusers | ldm | animatediff-original | animatediff-adapter | kohya | peft | taesd | a1111
     family: str  # SD1.5 | SD2.x | SDXL | SD1.5-structured (tiny) ...
     file: Path  # the file or folder to load
     detail: dict = field(default_factory=dict)
@@ -52,6 +52,22 @@ def _unprefixed(keys: list[str]) -> tuple[str, list[str]]:
         if keys and all(k.startswith(prefix) for k in keys):
             return prefix, [k[len(prefix):] for k in keys]
     return "", keys
+
+
+ADAPTER_KEY = re.compile(r"^(down_blocks|mid_block|up_blocks)\..*\.processor\.to_(q|k|v|out)_lora\.(down|up)\.weight$")
+
+
+def _motion_lora(shapes: dict, path: Path) -> Sniffed:
+    """An AnimateDiff MotionLoRA: the original layout (v2_lora_ZoomIn.ckpt: ...temporal_transformer...
+    attention_blocks.M.processor.to_q_lora.down.weight) or diffusers' (animatediff-motion-lora-*:
+    unet. ... attn1.processor.to_q_lora.down.weight). Which blocks it reaches tells the module it fits."""
+    bare = [k.removeprefix("unet.") for k in shapes]
+    layout = "animatediff-original" if any(".temporal_transformer." in k for k in bare) else "diffusers"
+    ch = _context_dim({k.removeprefix("unet."): s for k, s in shapes.items()},
+                      r"^down_blocks\.0\.motion_modules\.0\..*to_q(_lora\.down|\.lora_A)\.weight$", 1)
+    family = "SD1.5" if ch == 320 else f"SD1.5-structured (channels {ch})"
+    return Sniffed("motion_lora", layout, family, path,
+                   {"mid_block": any(k.startswith("mid_block.") for k in bare), "channels": ch})
 
 
 TAESD_KEY = re.compile(r"(?:(encoder|decoder)\.layers\.)?(\d+)\.(?:conv\.\d+\.|skip\.|pool\.\d+\.)?(weight|bias)")
@@ -116,6 +132,8 @@ def classify(shapes: dict[str, list[int]], path: Path, metadata: dict | None = N
         ctx = _context_dim(shapes, r"^model\.diffusion_model\..*attn2\.to_k\.weight$", 1)
         in_ch = shapes.get("model.diffusion_model.input_blocks.0.0.weight", [0, 0])[1]
         return Sniffed("base", "ldm", _family(ctx), path, {"context_dim": ctx, "in_channels": in_ch})
+    if any(".motion_modules." in k and "lora" in k for k in keys):
+        return _motion_lora(shapes, path)
     if any(".motion_modules." in k for k in keys):
         layout = "animatediff-original" if any(".temporal_transformer." in k for k in keys) else "diffusers"
         downs = {int(m.group(1)) for k in keys if (m := re.match(r"down_blocks\.(\d+)\.motion_modules", k))}
@@ -133,6 +151,11 @@ def classify(shapes: dict[str, list[int]], path: Path, metadata: dict | None = N
             return Sniffed("lora", "kohya", "SDXL", path)
         ctx = _context_dim(shapes, r"attn2_to_k\.lora_down\.weight$", 1)
         return Sniffed("lora", "kohya", _family(ctx), path)
+    if keys and all(ADAPTER_KEY.search(k) for k in keys) and not has("unet."):
+        # AnimateDiff v3's domain adapter (v3_sd15_adapter.ckpt): an image-UNet LoRA in the attention
+        # processors' old layout, scaled by its weight alone (AnimateDiff's load_diffusers_lora)
+        ctx = _context_dim(shapes, r"attn2\.processor\.to_k_lora\.down\.weight$", 1)
+        return Sniffed("lora", "animatediff-adapter", _family(ctx), path)
     if any(("lora_A" in k or "lora_B" in k or "lora.down" in k or "lora_down" in k) for k in keys):
         if has("text_encoder_2."):
             return Sniffed("lora", "peft", "SDXL", path)

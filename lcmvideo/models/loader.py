@@ -604,7 +604,60 @@ def load(spec: ModelSpec, verbose: bool = False, quiet: bool = True, previous: M
 
 
 def _lora_refs(spec: ModelSpec) -> list:
-    return ([spec.lcm_lora] if spec.lcm_lora.sniffed else []) + spec.loras
+    return ([spec.lcm_lora] if spec.lcm_lora.sniffed else []) + spec.loras + spec.motion_loras
+
+
+# a LoRA tensor's target layer and side: the attention processors' old layout (AnimateDiff's files) or peft's
+LORA_LEAF = re.compile(r"\.processor\.to_(?P<p>q|k|v|out)_lora\.(?P<d>down|up)\.weight$"
+                       r"|\.to_(?P<p2>q|k|v|out)(?:\.0)?\.lora_(?P<d2>A|B)\.weight$")
+
+
+def motion_lora_to_diffusers(sd: dict) -> dict:
+    """An original-layout MotionLoRA as diffusers' scripts/convert_animatediff_motion_lora_to_diffusers.py
+    writes it (temporal_transformer. dropped, attention_blocks.0/1 -> attn1/attn2, unet. prefixed);
+    diffusers' own layout passes through."""
+    out = {}
+    for k, v in sd.items():
+        if "pos_encoder" in k:
+            continue
+        k = k.removeprefix("unet.").replace(".temporal_transformer", "")
+        out["unet." + k.replace(".attention_blocks.0", ".attn1").replace(".attention_blocks.1", ".attn2")] = v
+    return out
+
+
+def _check_motion_lora(ref, sd: dict, unet):
+    """Every layer the MotionLoRA changes is in the loaded motion module, with its shape: a v2 LoRA
+    (which has a mid-block motion module) on a v1 or v3 module is refused, not half applied."""
+    has_mid = any(".motion_modules." in n for n, _ in unet.mid_block.named_modules(prefix="mid_block")) \
+        if getattr(unet, "mid_block", None) is not None else False
+    if ref.sniffed.detail.get("mid_block") and not has_mid:
+        raise usage(f"{ref.path}: a motion LoRA for a motion module with a mid-block module (AnimateDiff v2); "
+                    "the loaded motion module has none (v1 or v3)")
+    for k, v in sd.items():
+        m = LORA_LEAF.search(k)
+        if m is None or ".motion_modules." not in k:
+            raise usage(f"{ref.path}: not a motion LoRA's tensor: {k}")
+        proj, down = m.group("p") or m.group("p2"), (m.group("d") or m.group("d2")) in ("down", "A")
+        name = k[len("unet."):m.start()] + (".to_out.0" if proj == "out" else f".to_{proj}")
+        try:
+            layer = unet.get_submodule(name)
+        except AttributeError:
+            raise usage(f"{ref.path}: a motion LoRA for another motion module (the loaded one has no {name})") from None
+        dim, have = (layer.in_features, v.shape[1]) if down else (layer.out_features, v.shape[0])
+        if have != dim:
+            raise usage(f"{ref.path}: a motion LoRA for another motion module ({name} is {dim} wide here, "
+                        f"{have} in the LoRA)")
+
+
+def _lora_state_dict(ref, pipe, dtype, device) -> dict:
+    """A LoRA's tensors as diffusers' load_lora_weights takes them."""
+    sd = load_state_dict(ref.path)
+    if ref.role == "motion_lora":
+        sd = motion_lora_to_diffusers(sd)
+        _check_motion_lora(ref, sd, pipe.unet)
+    elif ref.sniffed.layout == "animatediff-adapter":  # v3_sd15_adapter.ckpt: the image UNet's layers, unprefixed
+        sd = {"unet." + k: v for k, v in sd.items()}
+    return _on(sd, dtype, device)
 
 
 def _lora_layers(pipe):
@@ -676,13 +729,15 @@ def _apply_loras(pipe, spec: ModelSpec, dtype, device) -> dict:
     Returns which adapter carries which schedule parameter (empty once fused)."""
     names, weights, params = [], [], {}
     for i, ref in enumerate(_lora_refs(spec)):
-        name = "lcm" if ref.role == "lcm_lora" else f"style{i}"
+        name = {"lcm_lora": "lcm", "motion_lora": f"motion{i}"}.get(ref.role, f"style{i}")
         try:
             # in the run's dtype: peft keeps the tensors it is given (a file's fp16 would stay fp16)
-            pipe.load_lora_weights(_on(load_state_dict(ref.path), dtype, device), adapter_name=name,
+            pipe.load_lora_weights(_lora_state_dict(ref, pipe, dtype, device), adapter_name=name,
                                    low_cpu_mem_usage=True)
         except (ValueError, KeyError, RuntimeError) as e:
-            raise usage(f"{ref.path}: LoRA does not fit the base model ({str(e).splitlines()[0][:200]})") from None
+            what = "motion LoRA does not fit the motion module" if ref.role == "motion_lora" else \
+                "LoRA does not fit the base model"
+            raise usage(f"{ref.path}: {what} ({str(e).splitlines()[0][:200]})") from None
         names.append(name)
         weights.append(spec.lcm_lora_scale if ref.role == "lcm_lora" else ref.weight)
         params["lcm_lora_scale" if ref.role == "lcm_lora" else f"lora:{ref.key}"] = name

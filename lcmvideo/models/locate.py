@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LcmvideoError, usage
+from ..paths import DATA
 from . import embedded
 from .identify import Sniffed, sniff
 from .weights import WEIGHT_EXTS
@@ -21,6 +22,10 @@ MODEL_FOLDERS = {
                "models/animatediff", "extensions/sd-webui-animatediff/model",
                "custom_nodes/ComfyUI-AnimateDiff-Evolved/models"],
     "lora": ["models/Lora", "models/loras", "Lora", "loras"],
+    # ComfyUI-AnimateDiff-Evolved's motion_lora folder (and ComfyUI's models/animatediff_motion_lora);
+    # sd-webui-animatediff keeps motion LoRAs with the other LoRAs in models/Lora, searched too
+    "motion_lora": ["models/animatediff_motion_lora", "animatediff_motion_lora",
+                    "custom_nodes/ComfyUI-AnimateDiff-Evolved/motion_lora", "models/MotionLoRA"],
     "controlnet": ["models/ControlNet", "models/controlnet", "ControlNet", "controlnet",
                    "extensions/sd-webui-controlnet/models"],
     # A1111 models/VAE and models/VAE-approx (TAESD), ComfyUI models/vae and models/vae_approx (TAESD)
@@ -33,7 +38,7 @@ MOTION_PREFERENCE = ["mm_sd_v15_v2", "v3_sd15_mm", "mm_sd_v15", "mm_sd_v14"]
 
 @dataclass
 class ModelRef:
-    role: str  # base | motion | lcm_lora | lora | vae | embedding
+    role: str  # base | motion | lcm_lora | lora | motion_lora | vae | embedding
     given: str | None  # what the user wrote
     source: str  # flag | schedule | env NAME | embedded default | found in DIR
     sniffed: Sniffed | None = None  # None for "none"
@@ -65,10 +70,12 @@ class ModelSpec:
     sampler: str = "lcm"
     gamma: float = 0.3
     lcm_map: object = None  # schedule.LcmMap
+    motion_loras: list[ModelRef] = field(default_factory=list)
 
     def refs(self) -> list[ModelRef]:
         """The model files the weights come from (embeddings aside)."""
-        return [self.base, self.motion, self.lcm_lora, *self.loras, *([self.vae] if self.vae else [])]
+        return [self.base, self.motion, self.lcm_lora, *self.loras, *self.motion_loras,
+                *([self.vae] if self.vae else [])]
 
 
 def hf_cache_snapshot(repo_id: str) -> Path | None:
@@ -120,12 +127,12 @@ def _find(role: str, given: str, flag: str, models_dir: Path | None, found: dict
         return p
     snap = hf_cache_snapshot(given)
     if snap is not None:
-        if role in ("lcm_lora", "lora"):
+        if role in ("lcm_lora", "lora", "motion_lora"):
             files = sorted(snap.glob("*.safetensors"))
             return files[0] if len(files) == 1 else snap
         return snap
     if models_dir is not None:
-        hit = _by_name(given, found.get("lora" if role == "lcm_lora" else role, []))
+        hit = _by_name(given, _candidates(role, found))
         if hit:
             return hit
     if role == "vae" and given.lower() in ("taesd", "taesdxl"):
@@ -136,22 +143,34 @@ def _find(role: str, given: str, flag: str, models_dir: Path | None, found: dict
     raise usage(f"{flag}: '{given}' is not a file, a folder, a model in the Hugging Face cache{where}")
 
 
+def _candidates(role: str, found: dict) -> list[Path]:
+    """The discovered files a name is looked up among: motion LoRAs also in the LoRA and motion folders."""
+    if role == "motion_lora":
+        return found.get("motion_lora", []) + found.get("lora", []) + found.get("motion", [])
+    return found.get("lora" if role == "lcm_lora" else role, [])
+
+
 EXPECTED = {"base": "base", "motion": "motion", "lcm_lora": "lora", "lora": "lora", "controlnet": "controlnet",
-            "vae": "vae", "embedding": "embedding"}
+            "vae": "vae", "embedding": "embedding", "motion_lora": "motion_lora"}
 FLAGS = {"base": "--model", "motion": "--motion", "lcm_lora": "--lcm-lora", "lora": "--lora",
-         "controlnet": "--controlnet", "vae": "--vae", "embedding": "--embedding"}
-KEYS = {"lora": "loras", "embedding": "embeddings"}  # the schedule's key where it differs from the role
+         "controlnet": "--controlnet", "vae": "--vae", "embedding": "--embedding", "motion_lora": "--motion-lora"}
+KEYS = {"lora": "loras", "embedding": "embeddings", "motion_lora": "motion_loras"}  # schedule key, where not the role
+SHAPES_MOTION_LORAS = DATA / "shapes" / "motion_lora"  # embedded:<direction>.safetensors
+SHAPES_DIRECTIONS = ("right", "left", "up", "down")
 
 
 def _ref(role: str, given: str, source: str, models_dir, found, weight=1.0, flag=None) -> ModelRef:
     flag = flag or (FLAGS[role] if source == "flag" else f"models.{KEYS.get(role, role)}")
-    path = _find(role, given, flag, models_dir, found)
+    path = _embedded_motion_lora(given, flag) if role == "motion_lora" and given.lower().startswith("embedded:") \
+        else _find(role, given, flag, models_dir, found)
     s = sniff(path)
     want = EXPECTED[role]
     if s.kind != want:
-        hint = {"lora": "--lora or --lcm-lora", "motion": "--motion", "base": "--model", "controlnet": "--controlnet",
+        hint = {"lora": "--lora or --lcm-lora", "motion_lora": "--motion-lora",
+                "motion": "--motion", "base": "--model", "controlnet": "--controlnet",
                 "vae": "--vae", "embedding": "--embedding (or put it in the embeddings folder)"}
-        raise usage(f"{flag}: {path} is {'an' if s.kind == 'embedding' else 'a'} {s.kind} model ({s.layout} layout), "
+        kind = s.kind.replace("_", " ")
+        raise usage(f"{flag}: {path} is {'an' if s.kind == 'embedding' else 'a'} {kind} model ({s.layout} layout), "
                     f"not {'an' if want == 'embedding' else 'a'} {want} model; pass it with {hint[s.kind]}")
     if s.family in ("SDXL", "SD2.x") or s.family.startswith(("SD1.5 (AnimateDiff", "SD3", "unknown (")):
         what = "VAE" if s.kind == "vae" else f"{s.kind} model"
@@ -165,6 +184,17 @@ def _ref(role: str, given: str, source: str, models_dir, found, weight=1.0, flag
         raise usage(f"{flag}: {path} is an inpainting checkpoint ({s.detail['in_channels']} input channels); "
                     "use a plain SD1.5 checkpoint")
     return ModelRef(role, given, source, s, weight)
+
+
+def _embedded_motion_lora(given: str, flag: str) -> Path:
+    """embedded:right|left|up|down: the shapes family's own motion LoRAs, shipped with the package."""
+    name = given.split(":", 1)[1].lower()
+    if name not in SHAPES_DIRECTIONS:
+        raise usage(f"{flag}: '{given}': the embedded motion LoRAs are {', '.join('embedded:' + d for d in SHAPES_DIRECTIONS)}")
+    path = SHAPES_MOTION_LORAS / f"{name}.safetensors"
+    if not path.is_file():
+        raise usage(f"{flag}: '{given}': this build ships no {path.name} in {SHAPES_MOTION_LORAS}")
+    return path
 
 
 def _taesd_pair(s: Sniffed, flag: str) -> Sniffed:
@@ -274,7 +304,9 @@ def resolve(settings_models, sources: dict | None = None, env=os.environ) -> Mod
     motion = companion("motion", "motion", "LCMVIDEO_MOTION", "motion_adapter")
     lcm = companion("lcm_lora", "lcm_lora", "LCMVIDEO_LCM_LORA", "lcm_lora")
     loras = [_ref("lora", r.path, sources.get("loras", "schedule"), models_dir, found, r.weight) for r in m.loras]
-    for ref, r in zip(loras, m.loras):
+    motion_loras = [_ref("motion_lora", r.path, sources.get("motion_loras", "schedule"), models_dir, found, r.weight)
+                    for r in m.motion_loras]
+    for ref, r in zip(loras + motion_loras, m.loras + m.motion_loras):
         ref.key = r.key
     vae = None
     if m.vae is not None and m.vae.lower() not in ("none", "base", "default"):
@@ -283,7 +315,7 @@ def resolve(settings_models, sources: dict | None = None, env=os.environ) -> Mod
     device, dtype = pick_device(m.device, m.dtype)
     return ModelSpec(base, motion, lcm, loras, m.lcm_lora_scale, device, dtype, m.fuse, is_embedded, models_dir,
                      vae=vae, embeddings=embeddings, embedding_dirs=dirs, notes=notes, clip_skip=m.clip_skip,
-                     sampler=m.sampler, gamma=m.gamma, lcm_map=m.lcm_map)
+                     sampler=m.sampler, gamma=m.gamma, lcm_map=m.lcm_map, motion_loras=motion_loras)
 
 
 def pick_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:

@@ -157,6 +157,37 @@ def denoiser(unet, scheduler, cond, uncond=None, guidance=1.0, controls=(), step
     return model
 
 
+def set_motion_scale(unet, scale=None):
+    """Multiply the motion modules' residual: each module's output becomes x + scale * (module(x) - x),
+    as ComfyUI-AnimateDiff-Evolved's effect_multival blends a module's output with its input. `scale`
+    is a number or one per frame of the window (a tensor (L,)); None or 1 leaves the modules alone
+    (today's frames exactly), 0 draws every frame by the image UNet alone. Hooks go in on first use."""
+    import re
+
+    import torch
+
+    if isinstance(scale, (int, float)) and scale == 1.0:
+        scale = None
+    if not hasattr(unet, "_motion_scale"):
+        if scale is None:
+            return
+        holder = unet._motion_scale = [None]
+
+        def hook(module, args, kwargs, output):
+            s = holder[0]
+            if s is None:
+                return None
+            x = args[0] if args else kwargs["hidden_states"]
+            if isinstance(s, torch.Tensor):  # one per frame; the batch is (windows x CFG halves) x frames
+                s = s.to(x.device, x.dtype).repeat(x.shape[0] // s.numel()).view(-1, 1, 1, 1)
+            return x + s * (output - x)
+
+        for name, module in unet.named_modules():
+            if re.search(r"\.motion_modules\.\d+$", name):
+                module.register_forward_hook(hook, with_kwargs=True)
+    unet._motion_scale[0] = scale
+
+
 def step_options(scheduler, gamma: float) -> dict:
     """The extra arguments of the scheduler's step: TCD's gamma (diffusers calls it eta)."""
     return {"eta": gamma} if type(scheduler).__name__ == "TCDScheduler" else {}

@@ -17,7 +17,7 @@ from ..schedule import FrameRow, Settings, finish, plan, windows
 from .budget import is_out_of_memory, out_of_memory
 from .control import prepare_controls
 from .decode import decode
-from .denoise import denoiser, frame_noise, sample, step_options
+from .denoise import denoiser, frame_noise, sample, set_motion_scale, step_options
 from .text import conditioning
 
 
@@ -61,6 +61,16 @@ def denoise(models, cond, uncond, guidance, s: Settings, quiet: bool = True, row
         first += length - s.steps
     wins = windows(s.frames, min(s.context.length, models.max_frames), s.context.overlap, s.loop)
     travel = lora_travel(models, rows) if rows else None
+    motion = [r.params.get("motion_scale", s.motion_scale) for r in rows] if rows else [s.motion_scale]
+    moving = max(motion) != min(motion)  # travelling: the scale is set per frame of each window
+    set_motion_scale(unet, None if moving else motion[0])
+
+    def before_window(win):
+        if travel:
+            set_lora_weights(models, travel, win, factor["lcm"])
+        if moving:
+            set_motion_scale(unet, torch.tensor([motion[i] for i in win]))
+
     ramp = models.spec.lcm_map if "lcm_lora_scale" in models.adapters else None
     run0 = len(sched.timesteps) - s.steps  # the steps run are the schedule's last s.steps
     factor = {"lcm": 1.0}  # the LCM-LoRA's scale at the current step, lcm_map's
@@ -72,8 +82,8 @@ def denoise(models, cond, uncond, guidance, s: Settings, quiet: bool = True, row
 
     bar = tqdm(total=(len(sched.timesteps) - first) * len(wins), desc="denoise", disable=quiet, leave=False)
     model = denoiser(unet, sched, cond, uncond, guidance, controls or (), s.steps, wins,
-                     before_window=(lambda win: set_lora_weights(models, travel, win, factor["lcm"])) if travel else None,
-                     per_call=1 if travel else None, progress=bar.update)
+                     before_window=before_window if travel or moving else None,
+                     per_call=1 if travel or moving else None, progress=bar.update)
 
     def renoise(out, latents):
         # LCM re-noises its estimate for the next step with independent noise, TCD (gamma > 0) its
@@ -92,17 +102,21 @@ def denoise(models, cond, uncond, guidance, s: Settings, quiet: bool = True, row
                 latents.shape, share, generator, device, latents.dtype)
         return latents
 
-    latents = sample(model, sched, latents, generator, first, renoise if share > 0 else None, on_step,
-                     before_step=before_step if ramp is not None else None,
-                     step_kw=step_options(sched, models.spec.gamma))
-    bar.close()
+    try:
+        latents = sample(model, sched, latents, generator, first, renoise if share > 0 else None, on_step,
+                         before_step=before_step if ramp is not None else None,
+                         step_kw=step_options(sched, models.spec.gamma))
+    finally:
+        set_motion_scale(unet, None)  # the loaded set is shared (a Session, img2img's 2D view)
+        bar.close()
     return latents
 
 
 def lora_curves(models, rows: list[FrameRow] | None) -> dict:
     """Per-frame weight of each loaded adapter (adapter name -> weights)."""
     spec = models.spec
-    fixed = {"lcm_lora_scale": spec.lcm_lora_scale, **{f"lora:{r.key}": r.weight for r in spec.loras}}
+    fixed = {"lcm_lora_scale": spec.lcm_lora_scale,
+             **{f"lora:{r.key}": r.weight for r in [*spec.loras, *spec.motion_loras]}}
     return {name: [r.params.get(param, fixed.get(param, 0.0)) for r in rows] if rows else [fixed.get(param, 0.0)]
             for param, name in models.adapters.items()}
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import usage
 
-TRAVEL = ("guidance", "lcm_lora_scale", "controlnet_scale", "strength")  # per-keyframe numeric parameters
+TRAVEL = ("guidance", "lcm_lora_scale", "controlnet_scale", "strength", "motion_scale")  # per-keyframe numeric parameters
 INTERPOLATIONS = ("linear", "slerp")
 SIDECAR_MARK = "lcmvideo"  # the top-level key that tells a render's sidecar JSON from a schedule
 
@@ -33,7 +33,11 @@ class LoraRef:
 
     @property
     def key(self) -> str:
-        return self.name or Path(self.path.rstrip("/\\")).name.split(".")[0]
+        if self.name:
+            return self.name
+        if self.path.lower().startswith("embedded:"):  # embedded:right -> right
+            return self.path.split(":", 1)[1]
+        return Path(self.path.rstrip("/\\")).name.split(".")[0]
 
 
 @dataclass
@@ -66,6 +70,8 @@ class ModelPaths:
     lcm_lora: str | None = None  # LCM-LoRA file/folder; "none" for an LCM-distilled base
     lcm_lora_scale: float = 1.0  # strength of the LCM-LoRA (travels per keyframe too)
     loras: list[LoraRef] = field(default_factory=list)  # extra style LoRAs
+    # AnimateDiff motion LoRAs (v2_lora_ZoomIn.ckpt, embedded:right); their names share the style LoRAs'
+    motion_loras: list[LoraRef] = field(default_factory=list)
     models_dir: str | None = None  # an A1111/ComfyUI folder to find models in by name
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (fp16 on GPU, fp32 on CPU) | float32 | float16 | bfloat16
@@ -147,6 +153,7 @@ class Settings:
     guidance: float = 1.0  # classifier-free guidance; <= 1 turns CFG off (half the UNet work)
     controlnet_scale: float = 1.0  # ControlNet conditioning scale (travels per keyframe)
     strength: float = 0.5  # img2img strength for restyling (travels per keyframe)
+    motion_scale: float = 1.0  # the motion modules' residual multiplied: 0 = frames drawn alone (travels)
     seed: int | None = None  # None = a random seed, printed and recorded
     shared_noise: float | None = None  # 0-1: share of the frames' noise they have in common; None = the model's
     models: ModelPaths = field(default_factory=ModelPaths)

@@ -56,12 +56,18 @@ def finish(s: Settings, where: Where | None = None) -> Settings:
     if s.resolved and s.resolved[0].frame != 0:
         raise where(("keyframes",), f"frame 0 needs a prompt (the first keyframe is at frame {s.resolved[0].frame})")
     names = {r.key for r in s.models.loras}
+    for r in s.models.motion_loras:
+        if r.key in names:
+            raise where(("models", "motion_loras"), f"the motion LoRA name {r.key!r} is taken by another LoRA; "
+                        "give one of them a 'name' (lora_weights refer to LoRAs by name)")
+        names.add(r.key)
     for kf in s.resolved:
         for p in kf.params:
             if p.startswith("lora:") and p[5:] not in names:
                 known = ", ".join(sorted(names)) or "none are loaded"
+                motion = " or models.motion_loras" if s.models.motion_loras else ""
                 raise where(("keyframes", kf.key, "lora_weights", p[5:]),
-                            f"no LoRA named {p[5:]!r} in models.loras ({known})")
+                            f"no LoRA named {p[5:]!r} in models.loras{motion} ({known})")
     _lint(s, where)
     return s
 
@@ -108,8 +114,8 @@ def plan(s: Settings) -> list[FrameRow]:
     kfs = s.resolved
     points = [(k.frame, k.hold) for k in kfs]
     defaults = {"guidance": s.guidance, "lcm_lora_scale": s.models.lcm_lora_scale,
-                "controlnet_scale": s.controlnet_scale, "strength": s.strength}
-    defaults.update({f"lora:{r.key}": r.weight for r in s.models.loras})
+                "controlnet_scale": s.controlnet_scale, "strength": s.strength, "motion_scale": s.motion_scale}
+    defaults.update({f"lora:{r.key}": r.weight for r in [*s.models.loras, *s.models.motion_loras]})
     # each parameter travels between the keyframes that set it, from its global value at frame 0
     curves = {}
     for p, default in defaults.items():

@@ -71,6 +71,7 @@ NUMBERS = {  # key: (type, low, high, what)
     "hold": (float, 0.0, 0.99, "a number"),
     "lcm_lora_scale": (float, 0.0, 5.0, "a number"),
     "shared_noise": (float, 0.0, 1.0, "a number from 0 to 1"),
+    "motion_scale": (float, 0.0, 5.0, "a number"),
 }
 
 
@@ -113,11 +114,21 @@ def _models(d, path, where, base_dir: Path | None) -> ModelPaths:
         m.lcm_lora_scale = _num(d["lcm_lora_scale"], path + ("lcm_lora_scale",), where, lo=0.0, hi=5.0)
     if "fuse" in d:
         m.fuse = _bool(d["fuse"], path + ("fuse",), where)
-    loras = d.get("loras", [])
-    if not isinstance(loras, list):
-        raise where(path + ("loras",), "expected a list of {path, weight, name} or 'PATH[:WEIGHT]' entries")
-    for i, item in enumerate(loras):
-        p = path + ("loras", Index(i))
+    for key in ("loras", "motion_loras"):
+        m_list = getattr(m, key)
+        for ref in _lora_list(d.get(key, []), path + (key,), where):
+            m_list.append(LoraRef(ref.path if ref.path.startswith("embedded:") else rel(ref.path), ref.weight,
+                                  ref.name))
+    return m
+
+
+def _lora_list(items, path, where) -> list[LoraRef]:
+    """A list of LoRAs: {path, weight, name} mappings or 'PATH[:WEIGHT]' strings."""
+    if not isinstance(items, list):
+        raise where(path, "expected a list of {path, weight, name} or 'PATH[:WEIGHT]' entries")
+    out = []
+    for i, item in enumerate(items):
+        p = path + (Index(i),)
         if isinstance(item, str):
             ref = parse_lora(item, lambda msg, p=p: where(p, msg))
         elif isinstance(item, dict):
@@ -129,8 +140,8 @@ def _models(d, path, where, base_dir: Path | None) -> ModelPaths:
                           _str(item.get("name"), p + ("name",), where, optional=True))
         else:
             raise where(p, f"expected a mapping or 'PATH[:WEIGHT]', got {item!r}")
-        m.loras.append(LoraRef(rel(ref.path), ref.weight, ref.name))
-    return m
+        out.append(ref)
+    return out
 
 
 LCM_MAP_KEYS = ("start_scale", "end_scale", "gradient_start", "gradient_end")
@@ -164,11 +175,11 @@ def parse_lcm_map(d, error=None) -> LcmMap | None:
     return m
 
 
-def parse_lora(text: str, error=None) -> LoraRef:
-    """'PATH[:WEIGHT]' -> LoraRef; a Windows drive letter's colon is not a weight."""
-    error = error or (lambda msg: usage(f"--lora: {msg}"))
+def parse_lora(text: str, error=None, flag: str = "--lora") -> LoraRef:
+    """'PATH[:WEIGHT]' -> LoraRef; a Windows drive letter's colon (or embedded:NAME's) is not a weight."""
+    error = error or (lambda msg: usage(f"{flag}: {msg}"))
     path, sep, weight = text.rpartition(":")
-    if sep and path and not (len(path) == 1 and path.isalpha()):
+    if sep and path and not (len(path) == 1 and path.isalpha()) and path.lower() != "embedded":
         try:
             return LoraRef(path, float(weight))
         except ValueError:
@@ -327,7 +338,9 @@ def apply_overrides(s: Settings, **flags) -> Settings:
         if k == "lcm_map":
             s.models.lcm_map = parse_lcm_map(v)
         elif k in MODEL_KEYS:
-            setattr(s.models, k, list(v) if k in ("loras", "embeddings") else v)
+            if k in ("loras", "motion_loras"):  # the Python API may pass 'PATH[:WEIGHT]' strings
+                v = [parse_lora(x, flag="--" + k[:-1].replace("_", "-")) if isinstance(x, str) else x for x in v]
+            setattr(s.models, k, list(v) if k in ("loras", "motion_loras", "embeddings") else v)
         elif k in ("context_length", "context_overlap"):
             setattr(s.context, k.split("_")[1], v)
         elif k == "controlnet":
