@@ -16,6 +16,11 @@ estimate with fresh noise at t = 759, 499, 259 (4 steps); re-noising the teacher
 result there and letting the teacher finish shows how much of the layout survives (8x8 latents
 carry it in a few values, so at t = 759 much of it does not).
 
+The motion table: for each shipped motion LoRA (lcmvideo/data/shapes/motion_lora, AnimateDiff's
+layout, weight 1), the share of 16-frame clips (4 LCM steps, the shipped shared noise, several
+prompts and seeds) whose fitted centroid track goes its direction and the mean speed along it,
+beside the same clips without the LoRA; and how far a 'still' prompt's shape wanders without one.
+
     python benchmarks/shapes_quality.py [--seeds 2] [--clip-seeds 1]
 """
 
@@ -77,6 +82,7 @@ def main():
     table("pictures", "ms/picture", cases, lambda name, steps: quality.generate(
         pics[name], [p for p, _, _ in cases], [s for _, _, s in cases], steps, guidance[name]))
 
+    motion_table(student, quick=a.quick)
     if a.quick:
         return
     cases = quality.prompts_and_truth(a.clip_seeds)
@@ -86,6 +92,37 @@ def main():
         quality.generate_clip(clips[name], p, s, steps, guidance[name]) for p, _, s in cases]))
 
     renoise_ceiling(pics["teacher"], quality.prompts_and_truth(a.seeds), guidance["teacher"])
+
+
+def motion_table(models, quick: bool = False):
+    from lcmvideo.models import embedded
+    from lcmvideo.shapes import world
+    from training.shapes import quality
+
+    pipe = quality.clip_pipeline(models, "lcm")
+    shared = embedded.sampling_defaults().get("shared_noise", 0.0)
+    prompts, seeds = (quality.MOTION_PROMPTS[:1], (1,)) if quick else (quality.MOTION_PROMPTS, (1, 2, 3, 4))
+
+    def render(p, s):
+        return quality.generate_clip(pipe, p, s, 4, 1.0, shared_noise=shared)
+
+    n = len(prompts) * len(seeds)
+    plain = quality.motion_tracks(render, prompts, seeds)
+    print(f"\nmotion LoRAs, {n} clips each (4 LCM steps, weight 1); without: the same clips with no LoRA")
+    print(f"{'LoRA':<8}{'its way':>9}{'px/frame':>10}{'without':>9}{'px/frame':>10}{'s/clip':>8}")
+    for d in ("right", "left", "up", "down"):
+        dx, dy = world.MOTIONS[f"moving {d}"]
+        t0 = time.perf_counter()
+        with quality.motion_lora(models, embedded.shipped() / "motion_lora" / f"{d}.safetensors"):
+            tracks = quality.motion_tracks(render, prompts, seeds)
+        per = (time.perf_counter() - t0) / n
+
+        way = lambda vs, d=d: np.mean([quality.goes_the_right_way(v, f"moving {d}") for v in vs])  # noqa: E731
+        speed = lambda vs, dx=dx, dy=dy: np.mean([v[0] * dx + v[1] * dy for v in vs if v is not None])  # noqa: E731
+        print(f"{d:<8}{way(tracks):>9.0%}{speed(tracks):>10.2f}{way(plain):>9.0%}{speed(plain):>10.2f}{per:>8.2f}")
+    still = [quality.wander(render(f"{p}, still", s)) for p in prompts for s in seeds]
+    print(f"'still' without a LoRA: the shape wanders {np.median(still):.1f} px (median; max {max(still):.1f}) "
+          "from its first place")
 
 
 def renoise_ceiling(pipe, cases, guidance):

@@ -126,3 +126,58 @@ def agreement(a: np.ndarray, b: np.ndarray, tol: float = TOLERANCE_PX) -> float:
 def pixel_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Mean absolute pixel difference, 0-1."""
     return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean() / 255.0)
+
+
+def motion_lora_deltas(unet, sd: dict, scale: float = 1.0) -> dict:
+    """{parameter: scale * up @ down} of an AnimateDiff-layout motion LoRA on a diffusers motion UNet,
+    keyed as AnimateDiff's own loader reads it (load_diffusers_lora: W += alpha * up @ down)."""
+    params = dict(unet.named_parameters())
+    out = {}
+    for key, down in sd.items():
+        if ".down." not in key:
+            continue
+        up = sd[key.replace(".down.", ".up.")]
+        name = key.replace("processor.", "").replace("_lora", "").replace("down.", "").replace("up.", "")
+        name = name.replace("to_out.", "to_out.0.").replace("temporal_transformer.", "")
+        name = name.replace("attention_blocks.0.", "attn1.").replace("attention_blocks.1.", "attn2.")
+        out[params[name]] = scale * (up.float() @ down.float()).to(params[name].dtype)
+    return out
+
+
+class motion_lora:
+    """Context: the motion LoRA file (AnimateDiff layout) added to a loaded family's motion UNet, removed after."""
+
+    def __init__(self, models, path, scale: float = 1.0):
+        from safetensors.torch import load_file
+
+        self.deltas = motion_lora_deltas(models.pipe.unet, load_file(path), scale)
+
+    def __enter__(self):
+        import torch
+
+        with torch.no_grad():
+            for p, d in self.deltas.items():
+                p.add_(d)
+
+    def __exit__(self, *exc):
+        import torch
+
+        with torch.no_grad():
+            for p, d in self.deltas.items():
+                p.sub_(d)
+
+
+MOTION_PROMPTS = ("a white square", "a red circle on a black background", "a blue triangle on a gray background",
+                  "a yellow circle", "a green square on a black background")
+
+
+def motion_tracks(render, prompts=MOTION_PROMPTS, seeds=(1, 2)) -> list:
+    """Fitted (dx, dy) px/frame (or None) of 16-frame clips `render(prompt, seed)` for every prompt x seed."""
+    return [velocity(analyse.read_clip(render(p, s))) for p in prompts for s in seeds]
+
+
+def wander(frames: np.ndarray) -> float:
+    """Largest distance (px) of the shape's centroid from its first frame's; inf if it goes missing."""
+    p = np.array([(r.x, r.y) for r in analyse.read_clip(frames)])
+    d = np.hypot(*(p - p[0]).T)
+    return float("inf") if np.isnan(d).any() else float(d.max())

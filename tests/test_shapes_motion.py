@@ -1,0 +1,124 @@
+"""The shipped shapes family's motion LoRAs move the shape their way (read back by the analyser)."""
+
+import numpy as np
+import pytest
+
+from lcmvideo.models import embedded
+from lcmvideo.shapes import world
+from training.shapes import quality
+
+LORAS = embedded.shipped() / "motion_lora"
+DIRECTIONS = ("right", "left", "up", "down")
+PROMPTS = quality.MOTION_PROMPTS[:3]
+# The goal, not met by the shipped LoRAs (training/shapes/NOTES.md, "Motion LoRAs"): strict, so a
+# retrained set that meets it fails the suite until the marker goes.
+NOT_LEARNT = pytest.mark.xfail(strict=True, reason="the shipped motion LoRAs do not yet move the shape their way")
+# Measured without a LoRA (NOTES.md): a 'still' prompt's shape wanders a median 15.6 px at 4 LCM steps
+STILL_BOUND_PX = 20.0
+shipped = pytest.mark.skipif(not (LORAS / "right.safetensors").exists(),
+                             reason="the shapes motion LoRAs are not shipped in this checkout")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shapes_family():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LCMVIDEO_EMBEDDED", "shapes")
+        yield
+
+
+@pytest.fixture(scope="module")
+def session():
+    from lcmvideo.api import Session
+
+    return Session()
+
+
+def render(session, prompt, seed, **kw):
+    return session.render(prompt=prompt, frames=16, seed=seed, steps=4, **kw)
+
+
+@shipped
+def test_the_files_are_animatediffs_motion_lora_layout():
+    from safetensors.torch import load_file
+
+    for d in DIRECTIONS:
+        path = LORAS / f"{d}.safetensors"
+        assert path.stat().st_size < 1_000_000
+        sd = load_file(path)
+        keys = {k.rsplit(".", 3)[0] for k in sd}
+        assert ("down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0."
+                "processor") in keys
+        for k, v in sd.items():
+            assert k.split(".processor.")[1] in {f"to_{p}_lora.{ud}.weight" for p in ("q", "k", "v", "out")
+                                                 for ud in ("down", "up")}, k
+            assert v.ndim == 2 and min(v.shape) in range(4, 17)
+
+
+@pytest.fixture(scope="module")
+def tracks(session):
+    """direction -> fitted (dx, dy) px/frame of clips over 3 prompts x 2 seeds with `embedded:<direction>`
+    (4 LCM steps, the family's shared noise, as a user renders them); None -> the same clips without."""
+    out = {None: quality.motion_tracks(lambda p, s: render(session, p, s), PROMPTS)}
+    for d in DIRECTIONS:
+        out[d] = quality.motion_tracks(lambda p, s, d=d: render(session, p, s, motion_loras=[f"embedded:{d}"]), PROMPTS)
+    return out
+
+
+@shipped
+@NOT_LEARNT
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_each_motion_lora_moves_the_shape_its_way(tracks, direction):
+    """>= 90 % of clips (prompts x seeds) go the LoRA's way, more than the same clips without it."""
+    hits = [quality.goes_the_right_way(v, f"moving {direction}") for v in tracks[direction]]
+    plain = [quality.goes_the_right_way(v, f"moving {direction}") for v in tracks[None]]
+    assert np.mean(hits) >= 0.9 and np.mean(hits) > np.mean(plain), (hits, tracks[direction])
+
+
+@shipped
+@NOT_LEARNT
+def test_the_lora_is_what_moves_the_shape(tracks):
+    """Without a LoRA the same clips do not go each LoRA's way: the direction comes from the LoRA alone."""
+    for d in DIRECTIONS:
+        dx, dy = world.MOTIONS[f"moving {d}"]
+        along = [v[0] * dx + v[1] * dy for v in tracks[d] if v is not None]
+        before = [v[0] * dx + v[1] * dy for v in tracks[None] if v is not None]
+        assert np.mean(along) > np.mean(before) + 0.5, (d, along, before)
+
+
+@shipped
+def test_a_still_prompt_without_a_lora_stays_within_the_measured_bound(session):
+    """Not 'a few pixels': the family's own drift (NOTES.md); test_shapes.py keeps < 4 px as a strict xfail."""
+    wander = [quality.wander(render(session, f"{p}, still", s)) for p in PROMPTS for s in (1, 2)]
+    assert np.median(wander) <= STILL_BOUND_PX, wander
+
+
+@shipped
+def test_the_loader_applies_them_as_animatediff_does(session):
+    """lcmvideo's loader (diffusers' LoRA loader after conversion) against AnimateDiff's own rule,
+    W += weight * up @ down, applied by hand to the same model: the same frames."""
+    lora = render(session, "a red circle", 5, motion_loras=["embedded:up:0.7"])
+    models = session.models(session.settings(prompt="x"))
+    with quality.motion_lora(models, LORAS / "up.safetensors", 0.7):
+        by_hand = render(session, "a red circle", 5)
+    assert np.abs(lora.astype(int) - by_hand).max() <= 2
+
+
+@shipped
+def test_cli_motion_lora_reaches_the_clip(tmp_path):
+    """`lcmvideo render --motion-lora embedded:left` / `embedded:right`: from the same seed, each LoRA
+    changes the clip, and the two differ (their direction is the strict xfail above)."""
+    from click.testing import CliRunner
+
+    from lcmvideo.cli import cli
+    from lcmvideo.output import video
+
+    clips = {}
+    for d in (None, "left", "right"):
+        out = tmp_path / f"{d}.mp4"
+        args = ["-q", "render", "-p", "a white square on a black background", "--seed", "7", "--steps", "4",
+                "--frames", "16", "-o", str(out)] + (["--motion-lora", f"embedded:{d}"] if d else [])
+        r = CliRunner().invoke(cli, args, catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        clips[d], _ = video.read(out)
+    diff = {d: quality.pixel_distance(clips[d], clips[None]) for d in ("left", "right")}
+    assert min(diff.values()) > 0.002 and quality.pixel_distance(clips["left"], clips["right"]) > 0.002, diff
