@@ -8,6 +8,7 @@ from .read import dumps, from_source, from_text, load
 from .settings import (
                    ANNOTATED,
                    FITS,
+                   FREE_INIT_FILTERS,
                    INPUT,
                    MODEL_KEYS,
                    SAMPLERS,
@@ -18,6 +19,7 @@ from .settings import (
                    Context,
                    ControlSpec,
                    FrameRow,
+                   FreeInit,
                    Keyframe,
                    LcmMap,
                    LoraRef,
@@ -25,12 +27,12 @@ from .settings import (
                    Settings,
 )
 from .timeline import finish, full_prompt, negative_for, plan, require_prompt, resolve_frame, travels_lora, windows
-from .validate import apply_overrides, from_dict, parse_lcm_map, parse_lora
+from .validate import apply_overrides, from_dict, parse_free_init, parse_lcm_map, parse_lora
 
 __all__ = [
-    "ANNOTATED", "FITS", "INPUT", "MODEL_KEYS", "SAMPLERS", "SIDECAR_MARK", "SOFT_MODEL_KEYS", "SOURCE_KEYS",
-    "TRAVEL", "Context", "ControlSpec", "FrameRow", "Keyframe", "LcmMap", "LoraRef", "ModelPaths", "Settings",
+    "ANNOTATED", "FITS", "FREE_INIT_FILTERS", "INPUT", "MODEL_KEYS", "SAMPLERS", "SIDECAR_MARK", "SOFT_MODEL_KEYS", "SOURCE_KEYS",
+    "TRAVEL", "Context", "ControlSpec", "FrameRow", "FreeInit", "Keyframe", "LcmMap", "LoraRef", "ModelPaths", "Settings",
     "Where", "apply_overrides", "dumps", "finish", "from_dict", "from_source", "from_text", "full_prompt", "load",
-    "negative_for", "parse_lora", "parse_lcm_map", "plan", "require_prompt", "resolve_frame", "travels_lora",
+    "negative_for", "parse_free_init", "parse_lora", "parse_lcm_map", "plan", "require_prompt", "resolve_frame", "travels_lora",
     "windows",
 ]
