@@ -10,8 +10,8 @@ sd-webui-animatediff's init latent: the picture's VAE latent is mixed into frame
   longer LCM schedule (img2img's rule);
 - the picture's latent, noised to that first timestep (with noise common to the frames), is mixed
   into frame i's own starting noise with weight w_i = max(0, 1 - (1 - S) * 2i / (T - 1)):
-  1 at frame 0, falling linearly over the clip to 2S - 1 at the last frame (0 from halfway at
-  S <= 0.5), 1 everywhere at S = 1 (every frame starts from the picture).
+  1 at frame 0, falling linearly over the clip to 2S - 1 at the last frame (reaching 0 earlier
+  where S < 0.5: halfway at S = 0), 1 everywhere at S = 1 (every frame starts from the picture).
 
 The mix is variance-preserving (sqrt(w) z_t + sqrt(1 - w) n: the weights of the two independent
 noises' amplitudes), where sd-webui-animatediff mixes linearly in clean latent space before
