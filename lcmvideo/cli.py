@@ -224,8 +224,6 @@ def render(obj: Ctx, schedule_files, output, watch, max_renders, seeds, workers,
     Examples:
       lcmvideo render prompts/travel.yaml -o travel.mp4
       lcmvideo render -p "a red circle" --frames 16 --seed 1 -f gif
-      lcmvideo render -p "a red circle, moving right" --init-image circle.png --init-strength 0.7
-      lcmvideo render prompts/hello.yaml --free-init 3
       lcmvideo render prompts/ --seeds 1-4 -o renders/ --model dreamshaper_8.safetensors \\
           --motion mm_sd_v15_v2.ckpt --lcm-lora lcm-lora-sdv1-5.safetensors
     """
