@@ -137,3 +137,17 @@ def test_cli_flag_reaches_the_clip_and_the_sidecar(tmp_path):
     assert np.array_equal(a, b) and np.abs(a.astype(int) - c).mean() > 1
     r = CliRunner().invoke(cli, [*base, "--free-init", "11", "-o", str(tmp_path / "x.mp4")])
     assert r.exit_code == 2 and "--free-init" in r.output and "Traceback" not in r.output
+
+
+def test_fresh_noise_is_shared_as_the_first_runs_was(tiny_models):
+    """With all of the noise common to the frames (shared_noise 1), a clip alike in every frame stays
+    so after re-initialisation; with none, fresh noise makes the frames differ."""
+    sched = tiny_models.pipe.scheduler
+    sched.set_timesteps(2)
+    result = torch.randn(1, 4, 1, 8, 8).expand(1, 4, 6, 8, 8).clone()
+    common = torch.randn(1, 4, 1, 8, 8).expand(1, 4, 6, 8, 8).clone()
+    spread = lambda x: (x - x[:, :, :1]).abs().max().item()  # noqa: E731
+    for share, alike in ((1.0, True), (0.0, False)):
+        out = freeinit.reinit(result, common, sched, sched.timesteps[0], FreeInit(), torch.Generator().manual_seed(0),
+                              share)
+        assert out.shape == result.shape and (spread(out) < 1e-4) == alike

@@ -54,16 +54,18 @@ def mix(x, noise, lpf):
     return fft.ifftn(fft.ifftshift(mixed, dim=dims), dim=dims).real
 
 
-def reinit(result, initial_noise, scheduler, t, settings, generator):
+def reinit(result, initial_noise, scheduler, t, settings, generator, share: float = 0.0):
     """The next run's starting latents (1, C, T, h, w): `result` noised to timestep t with the first
-    run's noise, its low frequencies kept, fresh noise's high ones (drawn from `generator`, as
-    diffusers draws them: float32, the clip's shape)."""
+    run's noise, its low frequencies kept, fresh noise's high ones. The fresh noise is drawn as the
+    first run's was (denoise.frame_noise: `share` of it common to the frames); with share 0 that is
+    diffusers' draw (float32, the clip's shape, from `generator`)."""
     import torch
-    from diffusers.utils.torch_utils import randn_tensor
+
+    from .denoise import frame_noise
 
     dtype, device = result.dtype, result.device
     lpf = low_pass((1, *result.shape[1:]), settings.filter, settings.spatial_stop, settings.temporal_stop,
                    settings.order, device)
     z_t = scheduler.add_noise(result, initial_noise, torch.full((result.shape[0],), int(t), device=device).long())
-    fresh = randn_tensor(result.shape, generator=generator, device=device, dtype=torch.float32)
+    fresh = frame_noise(result.shape, share, generator, device, torch.float32)
     return mix(z_t.to(torch.float32), fresh, lpf).to(dtype)

@@ -106,7 +106,7 @@ def denoise(models, cond, uncond, guidance, s: Settings, quiet: bool = True, row
 
     for run in range(runs):
         if run:  # FreeInit: the result back to the first timestep, its low frequencies kept
-            latents = freeinit.reinit(latents, noise, sched, sched.timesteps[first], s.free_init, generator)
+            latents = freeinit.reinit(latents, noise, sched, sched.timesteps[first], s.free_init, generator, share)
             sched.set_timesteps(length, device=device)
         latents = sample(model, sched, latents, generator, first, renoise if share > 0 else None, on_step,
                          before_step=before_step if ramp is not None else None,
