@@ -47,7 +47,7 @@ def denoise(models, cond, uncond, guidance, s: Settings, quiet: bool = True, row
     import torch
     from tqdm import tqdm
 
-    from . import freeinit, img2vid
+    from . import freeinit
 
     pipe = models.pipe
     unet, sched = pipe.unet, pipe.scheduler
