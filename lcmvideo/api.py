@@ -140,6 +140,7 @@ class Session:
         s = self.settings(source, **overrides)
         schedule.require_prompt(s)
         ipadapter.check(s)
+        check_inputs(s)
         self.check_fits(s)
         return text2video.render(self.models(s), s, quiet=self.quiet, cache=self.cache)
 
@@ -157,6 +158,7 @@ class Session:
         video.check_writable(out, fmt)
         for w in s.warnings:
             self.say(f"warning: {w}")
+        check_inputs(s)
         self.check_fits(s)
         loaded = self.models(s)
         t_load = time.perf_counter()
@@ -256,6 +258,14 @@ class Session:
         return out
 
 
+def check_inputs(s: Settings) -> None:
+    """Refuse, before any model loads, an init image that is missing or unreadable."""
+    if s.init_image:
+        from .pipeline import img2vid
+
+        img2vid.read_picture(s.init_image)
+
+
 def check_embeddings(s: Settings, spec) -> None:
     """Every `embedding:NAME` in the prompts names a known embedding (before anything is loaded or written)."""
     from .pipeline import text
@@ -342,5 +352,7 @@ def recorded_settings(s: Settings, spec, ip=None) -> dict:
         ref, enc = ip
         d["ip_adapter"].update(model=str(ref.path.resolve()), encoder=str(enc.path.resolve()),
                                image=str(Path(s.ip_adapter.image).expanduser().resolve()))
+    if d.get("init_image"):
+        d["init_image"] = str(Path(d["init_image"]).expanduser().resolve())
     d["output"] = None
     return d

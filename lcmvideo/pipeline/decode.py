@@ -36,7 +36,7 @@ def is_tiny(vae) -> bool:
 def check_encoder(vae) -> None:
     """Refuse, before any work, a VAE that cannot encode frames (TAESD's decoder given alone)."""
     if is_tiny(vae) and getattr(vae, "encoder", None) is None:
-        raise usage("--vae: TAESD's decoder alone decodes only; restyle and live encode frames too: "
+        raise usage("--vae: TAESD's decoder alone decodes only; restyle, live and --init-image encode frames too: "
                     "put taesd_encoder.pth (or .safetensors) beside taesd_decoder.pth")
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..models import ipadapter
 from ..schedule import FrameRow, Settings, finish, plan, windows
+from . import img2vid
 from .budget import is_out_of_memory, out_of_memory
 from .control import prepare_controls
 from .decode import decode
@@ -36,28 +37,39 @@ def resolve_settings(s: Settings, models) -> Settings:
 
 
 def denoise(models, cond, uncond, guidance, s: Settings, quiet: bool = True, rows=None, controls=None, start=None,
-            on_step=None, ip=None):
+            on_step=None, ip=None, picture=None):
     """LCM sampling of (1, C, T, h, w) latents; cond/uncond are per-frame embeddings (T, L, D);
     `s` has been through resolve_settings.
 
     `start` = (latents, generator, schedule_length, first_step) continues from given noisy
     latents (video-to-video, resume) over the last steps of a longer LCM schedule;
-    `on_step(step, latents, generator)` sees the latents after each step; `ip` (ipadapter.IpCond) is
-    an IP-Adapter's conditioning, its adapter installed while this runs."""
+    `picture` (uint8 (H, W, 3) at the clip's size) starts the clip from it by `s.init_strength`
+    (img2vid); `s.free_init` runs the sampler again from the result's low frequencies (FreeInit;
+    not with `start`). `on_step(step, latents, generator)` sees the latents after each step; `ip`
+    (ipadapter.IpCond) is an IP-Adapter's conditioning, its adapter installed while this runs."""
     import torch
     from tqdm import tqdm
+
+    from . import freeinit
 
     pipe = models.pipe
     unet, sched = pipe.unet, pipe.scheduler
     device = models.spec.device
     share = s.shared_noise
+    runs = s.free_init.iterations if s.free_init is not None and start is None else 1
     if start is None:
         generator = torch.Generator("cpu").manual_seed(s.seed)
         shape = (1, unet.config.in_channels, s.frames, s.height // pipe.vae_scale_factor,
                  s.width // pipe.vae_scale_factor)
-        latents = frame_noise(shape, share, generator, device, cond.dtype) * sched.init_noise_sigma
-        sched.set_timesteps(s.steps, device=device)
-        first = 0
+        noise = frame_noise(shape, share, generator, device, cond.dtype) * sched.init_noise_sigma
+        length = s.steps
+        if picture is not None and s.init_strength > 0:
+            latents, length = img2vid.start_latents(pipe.vae, sched, picture, noise, s.init_strength, s.steps,
+                                                    generator)
+        else:
+            latents = noise
+            sched.set_timesteps(length, device=device)
+        first = length - s.steps
     else:
         latents, generator, length, first = start
         sched.set_timesteps(length, device=device)  # the full schedule: its last step adds no noise
@@ -90,7 +102,7 @@ def denoise(models, cond, uncond, guidance, s: Settings, quiet: bool = True, row
             set_motion_scale(unet, torch.tensor([motion[i] for i in win]))
 
     per_window = bool(travel) or ip_travels or moving
-    bar = tqdm(total=(len(sched.timesteps) - first) * len(wins), desc="denoise", disable=quiet, leave=False)
+    bar = tqdm(total=(len(sched.timesteps) - first) * len(wins) * runs, desc="denoise", disable=quiet, leave=False)
     model = denoiser(unet, sched, cond, uncond, guidance, controls or (), s.steps, wins,
                      before_window=before_window if per_window else None, per_call=1 if per_window else None,
                      progress=bar.update, ip=ip)
@@ -114,9 +126,14 @@ def denoise(models, cond, uncond, guidance, s: Settings, quiet: bool = True, row
 
     try:
         with ipadapter.installed(unet, ip and ip.adapter):
-            latents = sample(model, sched, latents, generator, first, renoise if share > 0 else None, on_step,
-                             before_step=before_step if ramp is not None else None,
-                             step_kw=step_options(sched, models.spec.gamma))
+            for run in range(runs):
+                if run:  # FreeInit: the result back to the first timestep, its low frequencies kept
+                    latents = freeinit.reinit(latents, noise, sched, sched.timesteps[first], s.free_init, generator,
+                                              share)
+                    sched.set_timesteps(length, device=device)
+                latents = sample(model, sched, latents, generator, first, renoise if share > 0 else None, on_step,
+                                 before_step=before_step if ramp is not None else None,
+                                 step_kw=step_options(sched, models.spec.gamma))
     finally:
         set_motion_scale(unet, None)  # the loaded set is shared (a Session, img2img's 2D view)
         bar.close()
@@ -168,7 +185,8 @@ def render(models, s: Settings, quiet: bool = True, cache: dict | None = None, t
             cond, uncond, guidance = conditioning(models, s, rows, cache)
             controls = prepare_controls(models, s, rows, cache)
             ip = prepare_ip(models, s, rows, uncond is not None, cache)
-            latents = denoise(models, cond, uncond, guidance, s, quiet, rows, controls, ip=ip)
+            picture = img2vid.picture(s) if img2vid.uses_picture(s) else None
+            latents = denoise(models, cond, uncond, guidance, s, quiet, rows, controls, ip=ip, picture=picture)
             t1 = time.perf_counter()
             frames = decode(models.pipe.vae, latents, quiet)
             timing.update(denoise=t1 - t0, decode=time.perf_counter() - t1)

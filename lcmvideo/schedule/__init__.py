@@ -8,6 +8,7 @@ from .read import dumps, from_source, from_text, load
 from .settings import (
                    ANNOTATED,
                    FITS,
+                   FREE_INIT_FILTERS,
                    INPUT,
                    MODEL_KEYS,
                    SAMPLERS,
@@ -18,6 +19,7 @@ from .settings import (
                    Context,
                    ControlSpec,
                    FrameRow,
+                   FreeInit,
                    IpAdapterSpec,
                    Keyframe,
                    LcmMap,
@@ -26,12 +28,13 @@ from .settings import (
                    Settings,
 )
 from .timeline import finish, full_prompt, image_blend, negative_for, plan, require_prompt, resolve_frame, travels_lora, windows
-from .validate import apply_overrides, from_dict, parse_ip_image, parse_lcm_map, parse_lora
+from .validate import apply_overrides, from_dict, parse_free_init, parse_ip_image, parse_lcm_map, parse_lora
 
 __all__ = [
-    "ANNOTATED", "FITS", "INPUT", "MODEL_KEYS", "SAMPLERS", "SIDECAR_MARK", "SOFT_MODEL_KEYS", "SOURCE_KEYS",
-    "TRAVEL", "Context", "ControlSpec", "FrameRow", "IpAdapterSpec", "Keyframe", "LcmMap", "LoraRef", "ModelPaths", "Settings",
-    "Where", "apply_overrides", "dumps", "finish", "from_dict", "from_source", "from_text", "full_prompt", "image_blend", "load",
-    "negative_for", "parse_ip_image", "parse_lora", "parse_lcm_map", "plan", "require_prompt", "resolve_frame", "travels_lora",
+    "ANNOTATED", "FITS", "FREE_INIT_FILTERS", "INPUT", "MODEL_KEYS", "SAMPLERS", "SIDECAR_MARK", "SOFT_MODEL_KEYS",
+    "SOURCE_KEYS", "TRAVEL", "Context", "ControlSpec", "FrameRow", "FreeInit", "IpAdapterSpec", "Keyframe", "LcmMap",
+    "LoraRef", "ModelPaths", "Settings", "Where", "apply_overrides", "dumps", "finish", "from_dict", "from_source",
+    "from_text", "full_prompt", "image_blend", "load", "negative_for", "parse_free_init", "parse_ip_image",
+    "parse_lora", "parse_lcm_map", "plan", "require_prompt", "resolve_frame", "travels_lora",
     "windows",
 ]

@@ -24,6 +24,7 @@ ANNOTATED = ("pose_from", "canny_from", "position_from")  # a video whose frames
 INPUT = "<input>"  # for those: the clip being restyled
 FITS = ("crop", "pad", "stretch")
 SAMPLERS = ("lcm", "tcd")  # LCMScheduler; TCDScheduler (strategic stochastic sampling, its gamma)
+FREE_INIT_FILTERS = ("gaussian", "butterworth", "ideal", "box")  # FreeInit's low-pass filters
 
 
 @dataclass
@@ -132,6 +133,19 @@ class IpAdapterSpec:
 
 
 @dataclass
+class FreeInit:
+    """FreeInit (Wu et al. 2023; diffusers' enable_free_init): the sampler runs `iterations` times,
+    each run after the first starting from the last result's low frequencies, noised again, with
+    fresh noise's high frequencies (stop frequencies normalised 0-1, spatial and temporal)."""
+
+    iterations: int = 3  # sampler runs in all (1 = FreeInit off)
+    filter: str = "butterworth"  # gaussian | butterworth | ideal | box
+    spatial_stop: float = 0.25
+    temporal_stop: float = 0.25
+    order: int = 4  # butterworth's: high ~ ideal, low ~ gaussian
+
+
+@dataclass
 class Keyframe:
     frame: int  # resolved frame index
     key: str  # the key as written: "8", "-1", "0.5"
@@ -170,6 +184,10 @@ class Settings:
     models: ModelPaths = field(default_factory=ModelPaths)
     controlnet: list[ControlSpec] = field(default_factory=list)  # ControlNets with their conditioning
     ip_adapter: IpAdapterSpec | None = None  # an image prompt
+    init_image: str | None = None  # img2vid: a picture the clip starts from (frame 0 looks like it)
+    init_strength: float = 0.7  # how strongly the picture holds: 0 = not at all, 1 = every frame starts from it
+    init_fit: str = "crop"  # how the picture is fitted to the clip's size: crop | pad | stretch
+    free_init: FreeInit | None = None  # FreeInit's sampler re-runs; None = off
     output: str | None = None  # .mp4, .gif or a folder for PNG frames
     format: str | None = None  # mp4 | gif | png; None = from the output's extension
     resolved: list[Keyframe] = field(default_factory=list, repr=False)  # keyframes by frame, after finish()

@@ -12,6 +12,7 @@ from ..errors import usage
 from .parse import Index, Where, is_number
 from .settings import (
     FITS,
+    FREE_INIT_FILTERS,
     INPUT,
     INTERPOLATIONS,
     MODEL_KEYS,
@@ -19,6 +20,7 @@ from .settings import (
     SOURCE_KEYS,
     TRAVEL,
     ControlSpec,
+    FreeInit,
     IpAdapterSpec,
     LcmMap,
     LoraRef,
@@ -74,6 +76,7 @@ NUMBERS = {  # key: (type, low, high, what)
     "shared_noise": (float, 0.0, 1.0, "a number from 0 to 1"),
     "ip_adapter_scale": (float, 0.0, 5.0, "a number"),
     "motion_scale": (float, 0.0, 5.0, "a number"),
+    "init_strength": (float, 0.0, 1.0, "a number from 0 to 1"),
 }
 
 
@@ -175,6 +178,47 @@ def parse_lcm_map(d, error=None) -> LcmMap | None:
     if m.gradient_start > m.gradient_end:
         raise error(("gradient_end",), f"must be at least gradient_start ({m.gradient_start:g}), got {m.gradient_end:g}")
     return m
+
+
+FREE_INIT_KEYS = ("iterations", "filter", "spatial_stop", "temporal_stop", "order")
+
+
+def parse_free_init(v, error=None) -> FreeInit | None:
+    """`free_init`: a number of iterations, true (the defaults), false/null (off) or a mapping of
+    FREE_INIT_KEYS -> FreeInit (None when off). `error(subpath, message)` makes the exception."""
+    error = error or (lambda sub, msg: usage(f"free_init{'.' + sub[0] if sub else ''}: {msg}"))
+    if v is None or v is False or isinstance(v, FreeInit):
+        return v or None
+    if v is True:
+        return FreeInit()
+    if isinstance(v, int):
+        v = {"iterations": v}
+    if not isinstance(v, dict):
+        raise error((), f"expected a number of iterations or a mapping of {', '.join(FREE_INIT_KEYS)}, got {v!r}")
+    for k in v:
+        if k not in FREE_INIT_KEYS:
+            raise error((k,), f"unknown key; expected one of: {', '.join(sorted(FREE_INIT_KEYS))}")
+    f = FreeInit()
+
+    def num(k, kind, lo, hi, what):
+        x = v[k]
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or not lo <= x <= hi or (
+                kind is int and not float(x).is_integer()):
+            raise error((k,), f"expected {what} from {lo} to {hi}, got {x!r}")
+        return kind(x)
+
+    if "iterations" in v:
+        f.iterations = num("iterations", int, 1, 10, "a whole number of sampler runs")
+    if "order" in v:
+        f.order = num("order", int, 1, 16, "a whole number")
+    for k in ("spatial_stop", "temporal_stop"):
+        if k in v:
+            setattr(f, k, num(k, float, 0.0, 1.0, "a number"))
+    if "filter" in v:
+        if v["filter"] not in FREE_INIT_FILTERS:
+            raise error(("filter",), f"expected one of {', '.join(FREE_INIT_FILTERS)}, got {v['filter']!r}")
+        f.filter = v["filter"]
+    return f if f.iterations > 1 else None
 
 
 def parse_lora(text: str, error=None, flag: str = "--lora") -> LoraRef:
@@ -329,6 +373,17 @@ def from_dict(d: Any, where: Where, base_dir: Path | None = None) -> Settings:
         if "overlap" in c:
             s.context.overlap = _num(c["overlap"], ("context", "overlap"), where, int, 0, 63,
                                      "a whole number of frames")
+    if d.get("init_image") is not None:  # relative to the schedule file, as every path in it
+        s.init_image = _str(d["init_image"], ("init_image",), where)
+        q = Path(s.init_image).expanduser()
+        if base_dir is not None and not q.is_absolute():
+            s.init_image = str((base_dir / q).resolve())
+    if "init_fit" in d:
+        s.init_fit = _str(d["init_fit"], ("init_fit",), where)
+        if s.init_fit not in FITS:
+            raise where(("init_fit",), f"expected one of {', '.join(FITS)}, got {s.init_fit!r}")
+    if "free_init" in d:
+        s.free_init = parse_free_init(d["free_init"], lambda sub, msg: where(("free_init", *sub), msg))
     for k, (kind, lo, hi, what) in NUMBERS.items():
         if k in d and k not in ("lcm_lora_scale", "shared_noise"):
             setattr(s, k, _num(d[k], (k,), where, kind, lo, hi, what))
@@ -396,6 +451,10 @@ def apply_overrides(s: Settings, **flags) -> Settings:
         raise usage(f"--gamma: expected a number from 0 to 1, got {flags['gamma']}")
     if flags.get("seed") is not None and not 0 <= flags["seed"] <= 2**64 - 1:
         raise usage(f"--seed: expected a whole number from 0 to 2^64-1, got {flags['seed']}")
+    if flags.get("init_strength") is not None and not 0 <= flags["init_strength"] <= 1:
+        raise usage(f"--init-strength: expected a number from 0 to 1, got {flags['init_strength']}")
+    if flags.get("init_fit") is not None and flags["init_fit"] not in FITS:
+        raise usage(f"--init-fit: expected one of {', '.join(FITS)}, got {flags['init_fit']!r}")
     if flags.get("clip_skip") is not None and not (isinstance(flags["clip_skip"], int) and 1 <= flags["clip_skip"] <= 12):
         raise usage(f"--clip-skip: expected a whole number from 1 to 12, got {flags['clip_skip']!r}")
     s = s.copy()
@@ -418,8 +477,32 @@ def apply_overrides(s: Settings, **flags) -> Settings:
             setattr(s.context, k.split("_")[1], v)
         elif k == "controlnet":
             s.controlnet = list(v)
+        elif k in ("free_init", "free_init_filter"):
+            continue
         else:
             setattr(s, k, v)
+    if flags.get("free_init") is not None or flags.get("free_init_filter") is not None:
+        s.free_init = free_init_flags(s.free_init, flags.get("free_init"), flags.get("free_init_filter"))
     return finish(s)
+
+
+def free_init_flags(current: FreeInit | None, iterations, filter_name) -> FreeInit | None:
+    """--free-init N and --free-init-filter over the file's free_init (the filter alone turns it on);
+    the API may give a FreeInit or a mapping as the schedule says it instead of N."""
+    if isinstance(iterations, (FreeInit, dict)):
+        current, iterations = parse_free_init(iterations), None
+        if current is None:
+            return None
+    if iterations is not None and (isinstance(iterations, bool) or not isinstance(iterations, int)
+                                   or not 1 <= iterations <= 10):
+        raise usage(f"--free-init: expected a whole number of sampler runs from 1 to 10, got {iterations!r}")
+    if filter_name is not None and filter_name not in FREE_INIT_FILTERS:
+        raise usage(f"--free-init-filter: expected one of {', '.join(FREE_INIT_FILTERS)}, got {filter_name!r}")
+    f = FreeInit(**vars(current)) if current else FreeInit()
+    if iterations is not None:
+        f.iterations = iterations
+    if filter_name is not None:
+        f.filter = filter_name
+    return f if f.iterations > 1 else None
 
 
