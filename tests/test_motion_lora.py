@@ -49,6 +49,12 @@ def load(**paths):
     return models.load(models.resolve(ModelPaths(**paths)))
 
 
+@pytest.fixture(scope="module")
+def lora_models(files):
+    """The twin with the original-layout file fused at 0.8, loaded once for the checks that share it."""
+    return load(motion_loras=[LoraRef(str(files["ckpt"]), 0.8)])
+
+
 def render(m, **kw):
     return text2video.render(m, render_settings(**kw))
 
@@ -88,12 +94,12 @@ def diffusers_script_conversion(original: dict) -> dict:
 
 
 @pytest.mark.parametrize("layout", ["ckpt", "safetensors", "diffusers", "peft"])
-def test_each_layout_loads_as_diffusers_loads_it(layout, files, tiny_dir, tmp_path):
+def test_each_layout_loads_as_diffusers_loads_it(layout, files, tiny_dir, tmp_path, lora_models):
     from safetensors.torch import save_file
 
     from lcmvideo.models.weights import load_state_dict
 
-    ours = load(motion_loras=[LoraRef(str(files[layout]), 0.8)])
+    ours = lora_models if layout == "ckpt" else load(motion_loras=[LoraRef(str(files[layout]), 0.8)])
     sn = ours.spec.motion_loras[0].sniffed
     assert (sn.kind, sn.layout) == ("motion_lora", "diffusers" if layout in ("diffusers", "peft") else
                                     "animatediff-original")
@@ -115,10 +121,10 @@ def test_each_layout_loads_as_diffusers_loads_it(layout, files, tiny_dir, tmp_pa
     assert moved > 50  # q/k/v/out of every motion module's attention changed
 
 
-def test_fused_equals_unfused_and_changes_frames_and_weight_zero_is_none(files, tiny_models):
+def test_fused_equals_unfused_and_changes_frames_and_weight_zero_is_none(files, tiny_models, lora_models):
     plain = render(tiny_models)
-    fused = render(load(motion_loras=[LoraRef(str(files["ckpt"]), 1.0)]))
-    unfused = render(load(motion_loras=[LoraRef(str(files["ckpt"]), 1.0)], fuse=False))
+    fused = render(lora_models)
+    unfused = render(load(motion_loras=[LoraRef(str(files["ckpt"]), 0.8)], fuse=False))
     assert np.abs(fused.astype(int) - unfused.astype(int)).max() <= 2
     assert np.abs(fused.astype(int) - plain.astype(int)).mean() > 1.0  # the LoRA changes the motion
     zero = render(load(motion_loras=[LoraRef(str(files["ckpt"]), 0.0)]))
@@ -216,14 +222,14 @@ def test_keyframes_travel_motion_scale_and_motion_lora_weight(files, tiny_models
     assert travelled.shape == flat.shape and np.abs(travelled.astype(int) - flat.astype(int)).mean() > 0.5
 
 
-def test_session_reuse_takes_motion_loras_in_and_out(files, tiny_models):
+def test_session_reuse_takes_motion_loras_in_and_out(files, lora_models):
     from lcmvideo.api import Session
 
     session = Session()
     base = dict(prompt="a red circle", frames=8, steps=2, seed=1)
     plain = session.render(**base)
     with_lora = session.render(**base, motion_loras=[f"{files['ckpt']}:0.8"])
-    fresh = render(load(motion_loras=[LoraRef(str(files["ckpt"]), 0.8)]))
+    fresh = render(lora_models)
     # fusing and unfusing in float32 moves a weight by a rounding error, at most 1 level of a pixel here
     assert np.abs(with_lora.astype(int) - fresh.astype(int)).max() <= 1
     assert np.abs(with_lora.astype(int) - plain.astype(int)).mean() > 1.0
@@ -301,7 +307,7 @@ def test_v3_adapter_is_a_lora_in_its_own_layout(wrap, tiny_models, tiny_dir, tmp
 # ---------------------------------------------------------------- the CLI end to end
 
 
-def test_cli_render_with_motion_lora_and_sidecar_rerender(files, tmp_path):
+def test_cli_render_with_motion_lora_and_sidecar_rerender(files, tmp_path, lora_models):
     out = tmp_path / "clip.mp4"
     r = CliRunner().invoke(cli, ["-q", "render", "-p", "a red circle", "--frames", "8", "--steps", "2", "--seed", "3",
                                   "--motion-lora", f"{files['ckpt']}:0.8", "--motion-scale", "1.5", "-o", str(out)])
@@ -314,7 +320,7 @@ def test_cli_render_with_motion_lora_and_sidecar_rerender(files, tmp_path):
     r = CliRunner().invoke(cli, ["-q", "render", str(video.sidecar_path(out)), "-o", str(tmp_path / "again.png"),
                                   "--format", "png"])
     assert r.exit_code == 0, r.output
-    first = render(load(motion_loras=[LoraRef(str(files["ckpt"]), 0.8)]), seed=3, motion_scale=1.5)
+    first = render(lora_models, seed=3, motion_scale=1.5)
     again, _ = video.read(tmp_path / "again.png")
     np.testing.assert_array_equal(again, first)
     plain, _ = video.read(out)
