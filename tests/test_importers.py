@@ -155,9 +155,13 @@ def test_contract_settings_reach_the_schedule_or_are_named():
         assert any("models.motion_loras not carried over" in w for w in s.warnings)
     assert s.ip_adapter is not None and s.ip_adapter.model == "ip-adapter-plus_sd15"
     wf = api_workflow()
-    wf["5"]["inputs"]["motion_scale"] = 1.3
+    wf["5"]["inputs"]["motion_scale"] = 1.3  # the old loaders' attention scale: no counterpart, noted
+    (d, old_notes), = comfy.from_workflow(wf, Where("wf.json"))
+    assert "motion_scale" not in d and any("scale_multival" in n for n in old_notes)
+    wf["99"] = {"class_type": "ADE_MultivalDynamic", "inputs": {"float_val": 0.6}}
+    wf["5"]["inputs"]["effect_multival"] = ["99", 0]  # the motion modules' effect: lcmvideo's motion_scale
     (d, _), = comfy.from_workflow(wf, Where("wf.json"))
-    assert d["motion_scale"] == 1.3
+    assert d["motion_scale"] == 0.6
     notes: list[str] = []
     kept = importers.supported(d, "wf.json", notes)
     assert ("motion_scale" in kept) == ("motion_scale" in {f.name for f in fields(Settings)})
@@ -426,14 +430,14 @@ def test_comfyui_gen2_nodes_and_ade_prompt_scheduling():
 
 def test_comfyui_lcm_gen1_graph():
     """The LCM tutorial's shape: LCM LoRA (model only), ModelSamplingDiscrete lcm, the Gen1 loader
-    with a Multival motion scale, euler_ancestral at LCM's steps and CFG."""
+    with a Multival motion effect, euler_ancestral at LCM's steps and CFG."""
     wf = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "b.safetensors"}},
           "2": {"class_type": "LoraLoaderModelOnly", "inputs": {"lora_name": "LCM/pytorch_lora_weights.safetensors",
                                                                 "strength_model": 0.9, "model": ["1", 0]}},
           "3": {"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "lcm", "zsnr": False, "model": ["2", 0]}},
           "4": {"class_type": "ADE_MultivalDynamic", "inputs": {"float_val": 1.2}},
           "5": {"class_type": "ADE_AnimateDiffLoaderGen1", "inputs": {
-              "model_name": "mm.ckpt", "beta_schedule": "lcm", "model": ["3", 0], "scale_multival": ["4", 0]}},
+              "model_name": "mm.ckpt", "beta_schedule": "lcm", "model": ["3", 0], "effect_multival": ["4", 0]}},
           "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
           "7": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 16}},
           "8": {"class_type": "KSampler", "inputs": {

@@ -358,18 +358,13 @@ def _motion(r: _Reader, nid: str, n: dict, models: dict, out: dict):
                 if name:
                     models["motion"] = name
             _motion_loras(r, apply_["inputs"].get("motion_lora"), models)
-            scale = _multival(r, apply_, None)
-            if scale is not None and scale != 1:
-                out["motion_scale"] = float(scale)
+            _motion_scales(r, apply_, None, out)
     else:
         name = r.value(loader, "model_name", kinds=(str,))
         if name:
             models["motion"] = name
         _motion_loras(r, loader["inputs"].get("motion_lora"), models)
-        scale = r.value(loader, "motion_scale", kinds=(int, float))
-        scale = _multival(r, loader, scale)
-        if scale is not None and scale != 1:
-            out["motion_scale"] = float(scale)
+        _motion_scales(r, loader, r.value(loader, "motion_scale", kinds=(int, float)), out)
         if n["type"] == "ADE_AnimateDiffLoaderV1Advanced":
             _context(r, nid, n, out)
     ctx = r.node(n["inputs"].get("context_options"))
@@ -381,9 +376,23 @@ def _motion(r: _Reader, nid: str, n: dict, models: dict, out: dict):
             r.notes.append(f"{src}: node {ctx[0]} ({ctx[1]['type']}): these context options are not carried over")
 
 
-def _multival(r: _Reader, n: dict, default):
-    """A motion scale from an ADE_MultivalDynamic on the loader's scale_multival (its mask is noted)."""
-    got = r.node(n["inputs"].get("scale_multival"))
+def _motion_scales(r: _Reader, n: dict, scale, out: dict):
+    """AnimateDiff-Evolved's two motion scales: `effect_multival` blends the motion modules' output
+    with their input, which is lcmvideo's motion_scale; `scale_multival` (the older loaders'
+    `motion_scale`) multiplies the temporal attention's keys, which lcmvideo does not offer."""
+    scale = _multival(r, n, scale, "scale_multival")
+    if scale is not None and scale != 1:
+        r.notes.append(f"{r.source}: AnimateDiff-Evolved's motion scale {scale} (scale_multival: the temporal "
+                       "attention's keys multiplied) has no counterpart and is not carried over; lcmvideo's "
+                       "motion_scale is its effect_multival")
+    effect = _multival(r, n, None, "effect_multival")
+    if effect is not None and effect != 1:
+        out["motion_scale"] = float(effect)
+
+
+def _multival(r: _Reader, n: dict, default, key: str):
+    """A number from an ADE_MultivalDynamic on the loader's `key` input (its mask is noted)."""
+    got = r.node(n["inputs"].get(key))
     if got is None:
         return default
     r.used.add(got[0])
