@@ -165,6 +165,15 @@ class _Reader:
             return link[0], n
         return None
 
+    def visit(self, link, seen: set) -> tuple[str, dict] | None:
+        """The node `link` comes from, marked used; None at a dead end or a node in `seen` (a cycle)."""
+        got = self.node(link)
+        if got is None or got[0] in seen:
+            return None
+        seen.add(got[0])
+        self.used.add(got[0])
+        return got
+
     def value(self, n: dict, name: str, default=None, kinds=(int, float, str, bool)):
         """An input's value, through a PrimitiveNode or a one-value node when it is linked."""
         v = n["inputs"].get(name, default)
@@ -300,13 +309,8 @@ def _model_chain(r: _Reader, link, models: dict, out: dict):
     src = r.source
     loras = []
     seen = set()
-    while link is not None:
-        got = r.node(link)
-        if got is None or got[0] in seen:
-            break
+    while (got := r.visit(link, seen)) is not None:
         nid, n = got
-        seen.add(nid)
-        r.used.add(nid)
         t = n["type"]
         if t in CHECKPOINTS:
             name = r.value(n, "ckpt_name", kinds=(str,))
@@ -426,12 +430,7 @@ def _context(r: _Reader, nid, n, out):
 def _motion_loras(r: _Reader, link, models):
     found = []
     seen = set()
-    while link is not None:
-        got = r.node(link)
-        if got is None or got[0] in seen:
-            break
-        seen.add(got[0])
-        r.used.add(got[0])
+    while (got := r.visit(link, seen)) is not None:
         n = got[1]
         name = r.value(n, "name", kinds=(str,)) or r.value(n, "lora_name", kinds=(str,))
         w = r.value(n, "strength", 1.0, kinds=(int, float))
@@ -447,13 +446,8 @@ def _conditioning(r: _Reader, link, out, positive: bool):
     pre, app)), ('fizz_neg', ...) for a schedule's NEG output, ('ade', keyframes) or None."""
     src = r.source
     seen = set()
-    while link is not None:
-        got = r.node(link)
-        if got is None or got[0] in seen:
-            return None
+    while (got := r.visit(link, seen)) is not None:
         nid, n = got
-        seen.add(nid)
-        r.used.add(nid)
         t = n["type"]
         if t == "CLIPTextEncode":
             text = r.value(n, "text", "", kinds=(str,))
@@ -506,13 +500,8 @@ def _controlnet(r: _Reader, nid, n, out):
     kind = "images"
     link = n["inputs"].get("image")
     seen = set()
-    while link is not None:
-        got = r.node(link)
-        if got is None or got[0] in seen:
-            break
+    while (got := r.visit(link, seen)) is not None:
         iid, img = got
-        seen.add(iid)
-        r.used.add(iid)
         t = img["type"]
         if t == "LoadImage":
             spec.setdefault(kind, r.value(img, "image", kinds=(str,)))
