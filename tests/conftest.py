@@ -60,6 +60,23 @@ def tiny_models(tiny_dir):
     return models.load(models.resolve(ModelPaths()))
 
 
+@pytest.fixture(scope="module")
+def shapes_family():
+    """The module's embedded default is the trained shapes family, as a user gets it (this file picks
+    the twin). Opt in per module: `pytestmark = pytest.mark.usefixtures("shapes_family")`."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LCMVIDEO_EMBEDDED", "shapes")
+        yield
+
+
+@pytest.fixture(scope="module")
+def session(shapes_family):
+    """A Session on the shapes family, one per module (a module may define its own `session`)."""
+    from lcmvideo.api import Session
+
+    return Session()
+
+
 def render_settings(**kw):
     from lcmvideo.schedule import Settings
 

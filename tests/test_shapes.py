@@ -10,25 +10,12 @@ from lcmvideo.shapes import analyse, world
 from training.shapes import quality
 
 trained = pytest.mark.skipif(not embedded.has_shipped(), reason="the shapes weights are not shipped in this checkout")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def shapes_family():
-    """This module's embedded default is the trained family, as a user gets it (conftest picks the twin)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LCMVIDEO_EMBEDDED", "shapes")
-        yield
+# the trained family, as a user gets it (tests/conftest.py picks the twin); `session` is on it too
+pytestmark = pytest.mark.usefixtures("shapes_family")
 
 
 @pytest.fixture(scope="module")
-def session():
-    from lcmvideo.api import Session
-
-    return Session()
-
-
-@pytest.fixture(scope="module")
-def teacher():
+def teacher(shapes_family):
     from lcmvideo.api import Session
 
     s = Session(lcm_lora="none")

@@ -8,20 +8,8 @@ from lcmvideo.models import embedded
 from lcmvideo.shapes import analyse, world
 
 trained = pytest.mark.skipif(not embedded.has_shipped(), reason="the shapes weights are not shipped in this checkout")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def shapes_family():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LCMVIDEO_EMBEDDED", "shapes")
-        yield
-
-
-@pytest.fixture(scope="module")
-def session():
-    from lcmvideo.api import Session
-
-    return Session()
+# the trained family, as a user gets it (tests/conftest.py picks the twin); `session` is on it too
+pytestmark = pytest.mark.usefixtures("shapes_family")
 
 
 def at_picture(reading, x=20, y=40) -> bool:

@@ -17,20 +17,8 @@ NOT_LEARNT = pytest.mark.xfail(strict=True, reason="the shipped motion LoRAs do 
 STILL_BOUND_PX = 20.0
 shipped = pytest.mark.skipif(not (LORAS / "right.safetensors").exists(),
                              reason="the shapes motion LoRAs are not shipped in this checkout")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def shapes_family():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LCMVIDEO_EMBEDDED", "shapes")
-        yield
-
-
-@pytest.fixture(scope="module")
-def session():
-    from lcmvideo.api import Session
-
-    return Session()
+# the trained family, as a user gets it (tests/conftest.py picks the twin); `session` is on it too
+pytestmark = pytest.mark.usefixtures("shapes_family")
 
 
 def render(session, prompt, seed, **kw):
