@@ -105,6 +105,7 @@ class Session:
         """The loaded model set for these settings: reused when the model settings are unchanged, and
         when only clip skip, the sampler, gamma or lcm_map change (the set takes them as it is)."""
         from . import models
+        from .pipeline import ipadapter
 
         spec = self.spec(s)
         if spec.fuse and schedule.travels_lora(s):
@@ -115,6 +116,7 @@ class Session:
             self.say("note: lcm_map changes the LCM-LoRA's scale at every step, which a fused LoRA cannot; "
                      "LoRAs stay unfused (slower)")
         check_embeddings(s, spec)
+        ipadapter.check_models(s, spec)
         key = (tuple((r.role, str(r.path), r.weight, r.key) for r in spec.refs()), spec.lcm_lora_scale, spec.device,
                spec.dtype, spec.fuse, tuple(models.file_stamp(r.path) for r in spec.refs() if r.path),
                tuple((r.key, models.file_stamp(r.path)) for r in spec.embeddings))
@@ -196,6 +198,7 @@ class Session:
         size = {k: overrides.pop(k, None) for k in ("width", "height")}
         fps = overrides.pop("fps", None)
         probe = self.settings(source, frames=1_000_000, **overrides)  # frames unknown until the input is read
+        ipadapter.check(probe)
         models = self.models(probe)
         src = restyle.load_source(Path(video), opts, models.native_size, size["width"], size["height"])
         self.check_fits(probe, src.frames.shape[2], src.frames.shape[1], len(src.frames))

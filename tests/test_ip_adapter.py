@@ -375,6 +375,31 @@ def test_bad_inputs_one_line_exit_2(kit, tmp_path, tiny_dir):
     assert not (tmp_path / "x.mp4").exists()
 
 
+def test_a_missing_adapter_is_refused_before_any_model_loads(kit, tmp_path, monkeypatch):
+    from lcmvideo import models
+    from lcmvideo.output import video
+
+    def no_load(*a, **k):
+        raise AssertionError("a model was loaded before the missing IP-Adapter was refused")
+
+    monkeypatch.setattr(models, "load", no_load)
+    missing = tmp_path / "none.bin"
+    sched = tmp_path / "s.yaml"
+    sched.write_text(f"prompt: a red circle\nframes: 2\nsteps: 1\n"
+                     f"ip_adapter: {{model: {missing}, image: {kit['red']}}}\n")
+    clip = tmp_path / "in.mp4"
+    video.write(np.full((2, 64, 64, 3), 128, np.uint8), clip, 8.0, "mp4", None)
+    flags = ["--ip-adapter", missing, "--ip-image", kit["red"]]
+    for args, key in [(["render", "-p", "a red circle", "--frames", "2", *flags], "--ip-adapter"),
+                      (["render", sched], "ip_adapter.model"),
+                      (["restyle", clip, "-p", "a red circle", *flags], "--ip-adapter")]:
+        r = _cli(*args, "-o", tmp_path / "x.mp4", cwd=tmp_path)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, (args, r.stderr)
+        assert lines[0].startswith(f"lcmvideo: error: {key}: '{missing}' is not a file"), lines[0]
+    assert not (tmp_path / "x.mp4").exists()
+
+
 def test_restyle_frames_mode_refuses_and_animatediff_takes_it(kit, tiny_models, tmp_path):
     from lcmvideo.api import Session
     from lcmvideo.errors import LcmvideoError

@@ -66,6 +66,15 @@ def check(s: Settings):
             raise usage(f"{flag(s, 'image')}: {getattr(e, 'message', e)}") from None
 
 
+def check_models(s: Settings, spec) -> None:
+    """The adapter and its image encoder are found and are SD1.5 IP-Adapter/CLIP files (headers only,
+    before any model is loaded): a missing --ip-adapter is refused as --model's is."""
+    if s.ip_adapter is not None:
+        from ..models import resolve_ip_adapter
+
+        resolve_ip_adapter(s.ip_adapter, spec, s.sources)
+
+
 def encode(adapter, pictures: list) -> tuple:
     """(features, negative features) of uint8 RGB images: the encoder's image_embeds (N, D) and zeros,
     or its penultimate hidden states (N, S, D) and those of an all-zero image (diffusers' encode_image)."""
