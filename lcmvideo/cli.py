@@ -168,6 +168,13 @@ def ip_options(f, note: str = ""):
     return f
 
 
+def motion_scale_option(f, note: str = ""):
+    """The motion modules' effect (the schedule's `motion_scale`): render's and restyle's."""
+    return click.option("--motion-scale", type=click.FloatRange(0, 5),
+                        help="The motion modules' effect: 0 draws each frame alone, above 1 exaggerates "
+                             f"(travels per keyframe as motion_scale).{note}  [default: 1.0]")(f)
+
+
 def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_dir, device, dtype, vae=None,
                 embeddings=(), clip_skip=None, sampler=None, gamma=None, motion_loras=()) -> dict:
     import os
@@ -206,9 +213,7 @@ def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_d
 @click.option("--shared-noise", type=click.FloatRange(0, 1),
               help="Share of the noise all frames have in common (steadier layout, less motion).  "
                    "[default: the motion module's, 0 for most]")
-@click.option("--motion-scale", type=click.FloatRange(0, 5),
-              help="The motion modules' effect: 0 draws each frame alone, above 1 exaggerates (travels per "
-                   "keyframe as motion_scale).  [default: 1.0]")
+@motion_scale_option
 @click.option("--controlnet", "controlnets", nargs=2, multiple=True, metavar="MODEL SOURCE",
               help="A ControlNet and its conditioning: a folder of numbered images or OpenPose JSON, an image, "
                    "or a video; MODEL 'embedded' with the embedded base. OpenPose JSON in pixels without a canvas "
@@ -404,6 +409,7 @@ def pose_extract(obj: Ctx, video_file, output):
 @click.option("--fresh-noise", is_flag=True, help="New noise for every frame (more flicker; for comparison).")
 @click.option("--shared-noise", type=click.FloatRange(0, 1),
               help="animatediff mode: share of the noise all frames have in common.  [default: the motion module's]")
+@lambda f: motion_scale_option(f, " With --mode animatediff.")
 @click.option("--controlnet", "controlnets", nargs=2, multiple=True, metavar="MODEL SOURCE",
               help="ControlNet and its images (folder, image, video); SOURCE 'openpose' (needs lcmvideo[pose]), "
                    "'canny' or 'position' (the shapes world's blob) = that map of each input frame. Repeatable.")
@@ -416,8 +422,8 @@ def pose_extract(obj: Ctx, video_file, output):
 @click.pass_obj
 def restyle(obj: Ctx, input_video, schedule_file, output, fmt, prompt, negative_prompt, mode, strength, steps,
             guidance, seed, start, end, every, max_frames, width, height, fit, fps, blend, blend_space, no_flow,
-            fresh_noise, shared_noise, controlnets, no_audio, resume, restart, no_report, ip_adapter, ip_image,
-            ip_encoder, **model_kw):
+            fresh_noise, shared_noise, motion_scale, controlnets, no_audio, resume, restart, no_report, ip_adapter,
+            ip_image, ip_encoder, **model_kw):
     """Restyle a video (MP4, MOV, WebM, GIF or a folder of frames) with a --prompt or a schedule
     whose prompts and strength travel over the input's frames.
 
@@ -430,6 +436,7 @@ def restyle(obj: Ctx, input_video, schedule_file, output, fmt, prompt, negative_
       lcmvideo restyle in.mp4 -p "a dancer, oil painting" --controlnet control_v11p_sd15_openpose.pth openpose
     """
     from .api import Session
+    from .errors import usage
     from .pipeline import control
     from .pipeline import restyle as rs
     from .schedule import INPUT, ControlSpec
@@ -440,6 +447,9 @@ def restyle(obj: Ctx, input_video, schedule_file, output, fmt, prompt, negative_
         raise click.UsageError("--resume and --restart exclude each other")
     if shared_noise is not None and mode != "animatediff":
         raise click.UsageError("--shared-noise goes with --mode animatediff (frames mode has --fresh-noise)")
+    if motion_scale is not None and mode != "animatediff":
+        raise usage(f"--motion-scale {motion_scale:g}: goes with --mode animatediff (frames mode runs the image "
+                    "UNet, without the motion modules)")
     if not input_video.exists():
         raise click.BadParameter(f"{input_video}: no such file or folder", param_hint="INPUT_VIDEO")
     specs = []
@@ -454,7 +464,8 @@ def restyle(obj: Ctx, input_video, schedule_file, output, fmt, prompt, negative_
                       resume=resume, restart=restart, report=not no_report)
     flags = {k: v for k, v in model_flags(**model_kw).items() if v not in (None, ())}
     given = dict(prompt=prompt, negative_prompt=negative_prompt, strength=strength, steps=steps, guidance=guidance, seed=seed,
-                 shared_noise=shared_noise, width=width, height=height, fps=fps, controlnet=tuple(specs), format=fmt,
+                 shared_noise=shared_noise, motion_scale=motion_scale, width=width, height=height, fps=fps,
+                 controlnet=tuple(specs), format=fmt,
                  ip_adapter=ip_adapter, ip_image=ip_image, ip_encoder=ip_encoder)
     overrides = {k: v for k, v in given.items() if v not in (None, ())}
     session = Session(quiet=obj.quiet, verbose=obj.verbose, say=obj.say, **flags)

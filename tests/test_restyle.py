@@ -364,6 +364,24 @@ def test_shared_noise_flag_reaches_animatediff_mode_only(src_png, tmp_path, tiny
     assert not (tmp_path / "f").exists()
 
 
+def test_motion_scale_flag_reaches_animatediff_mode_only(src_png, tmp_path, tiny_dir):
+    args = ["-q", "restyle", str(src_png), "-p", "a blue circle", "--mode", "animatediff", "--seed", "4", "--steps", "2",
+            "--strength", "0.8", "--max-frames", "4", "--no-report"]
+    outs = {}
+    for scale in ("0", "1"):
+        out = tmp_path / f"m{scale}.mp4"
+        r = CliRunner().invoke(cli, [*args, "--motion-scale", scale, "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        assert json.loads(video.sidecar_path(out).read_text())["settings"]["motion_scale"] == float(scale)
+        outs[scale] = video.read(out)[0].astype(np.int16)
+    assert np.abs(outs["0"] - outs["1"]).mean() > 1.0  # 0 draws each frame without the motion modules
+    r = CliRunner().invoke(cli, ["restyle", str(src_png), "-p", "x", "--motion-scale", "0.5", "-o", str(tmp_path / "f")])
+    assert r.exit_code == 2 and r.stderr.strip() == (
+        "lcmvideo: error: --motion-scale 0.5: goes with --mode animatediff (frames mode runs the image UNet, "
+        "without the motion modules)")
+    assert not (tmp_path / "f").exists()
+
+
 def test_canny_and_position_maps_of_the_input():
     """The annotators behind `--controlnet MODEL canny|position`: edges on the shape's outline, a blob at it."""
     clip = moving_clip(4)
