@@ -121,6 +121,34 @@ def test_each_layout_loads_as_diffusers_loads_it(layout, files, tiny_dir, tmp_pa
     assert moved > 50  # q/k/v/out of every motion module's attention changed
 
 
+def test_a_peft_lora_on_a_motion_modules_feed_forward_and_proj_out_loads_as_diffusers_loads_it(tiny_dir, tmp_path):
+    """peft's layout can hold more of a motion module than AnimateDiff's (the shapes family's LoRAs change the
+    feed-forward and proj_out too): loaded, every such layer (proj_in too) is what diffusers' own loader makes of the file."""
+    import re
+
+    from safetensors.torch import save_file
+
+    twin = load()
+    g = torch.Generator().manual_seed(4)
+    sd = {}
+    for name, mod in twin.pipe.unet.named_modules():
+        if is_motion(name) and re.search(r"\.(proj_in|proj_out|ff\.net\.0\.proj|ff\.net\.2|attn1\.to_q)$", name):
+            sd[f"unet.{name}.lora_A.weight"] = torch.randn(2, mod.in_features, generator=g) * 0.3
+            sd[f"unet.{name}.lora_B.weight"] = torch.randn(mod.out_features, 2, generator=g) * 0.3
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    save_file(sd, str(folder / "diffusion_pytorch_model.safetensors"))
+    ours = motion_weights(load(motion_loras=[LoraRef(str(folder / "diffusion_pytorch_model.safetensors"),
+                                                     0.8)]).pipe.unet)
+    ref = motion_weights(diffusers_reference(tiny_dir, folder, 0.8))
+    before = motion_weights(twin.pipe.unet)
+    changed = [k for k in ref if ".ff.net" in k or ".proj_" in k]
+    assert len(changed) > 10
+    for k in ref:
+        torch.testing.assert_close(ours[k], ref[k], rtol=1e-5, atol=1e-6)
+    assert all(not torch.equal(ours[k], before[k]) for k in changed)
+
+
 def test_fused_equals_unfused_and_changes_frames_and_weight_zero_is_none(files, tiny_models, lora_models):
     plain = render(tiny_models)
     fused = render(lora_models)

@@ -612,8 +612,11 @@ def _lora_refs(spec: ModelSpec) -> list:
 
 
 # a LoRA tensor's target layer and side: the attention processors' old layout (AnimateDiff's files) or peft's
+# AnimateDiff's MotionLoRAs change the attention projections; peft's layout can hold a motion
+# module's other Linears too (its proj_in/proj_out and feed-forward: the shapes family's LoRAs)
 LORA_LEAF = re.compile(r"\.processor\.to_(?P<p>q|k|v|out)_lora\.(?P<d>down|up)\.weight$"
-                       r"|\.to_(?P<p2>q|k|v|out)(?:\.0)?\.lora_(?P<d2>A|B)\.weight$")
+                       r"|\.to_(?P<p2>q|k|v|out)(?:\.0)?\.lora_(?P<d2>A|B)\.weight$"
+                       r"|\.(?P<p3>proj_in|proj_out|ff\.net\.0\.proj|ff\.net\.2)\.lora_(?P<d3>A|B)\.weight$")
 
 
 def motion_lora_to_diffusers(sd: dict) -> dict:
@@ -641,8 +644,9 @@ def _check_motion_lora(ref, sd: dict, unet):
         m = LORA_LEAF.search(k)
         if m is None or ".motion_modules." not in k:
             raise usage(f"{ref.path}: not a motion LoRA's tensor: {k}")
-        proj, down = m.group("p") or m.group("p2"), (m.group("d") or m.group("d2")) in ("down", "A")
-        name = k[len("unet."):m.start()] + (".to_out.0" if proj == "out" else f".to_{proj}")
+        proj, down = m.group("p") or m.group("p2"), (m.group("d") or m.group("d2") or m.group("d3")) in ("down", "A")
+        name = k[len("unet."):m.start()] + (f".{m.group('p3')}" if m.group("p3") else
+                                             ".to_out.0" if proj == "out" else f".to_{proj}")
         try:
             layer = unet.get_submodule(name)
         except AttributeError:
@@ -726,6 +730,23 @@ def _drop_loras(pipe, fused: bool):
         pipe.unload_lora_weights()
 
 
+def _positional_projections(unet):
+    """diffusers' motion modules call proj_in/proj_out as `proj_in(input=x)`, which a peft LoRA layer's
+    forward (x, ...) does not take: the keyword becomes the argument before such a layer runs."""
+    from peft.tuners.lora import LoraLayer
+
+    def positional(module, args, kwargs):
+        if not args and "input" in kwargs:
+            return (kwargs.pop("input"),), kwargs
+        return None
+
+    for name, module in unet.named_modules():
+        if ".motion_modules." in name and name.endswith((".proj_in", ".proj_out")) and isinstance(module, LoraLayer) \
+                and not getattr(module, "_lcmvideo_positional", False):
+            module.register_forward_pre_hook(positional, with_kwargs=True)
+            module._lcmvideo_positional = True
+
+
 def _apply_loras(pipe, spec: ModelSpec, dtype, device) -> dict:
     """LCM-LoRA and style LoRAs as peft adapters, weighted with set_adapters, fused unless told not to
     (fused, the adapters stay, so that a Session can unfuse them to change a LoRA).
@@ -747,6 +768,7 @@ def _apply_loras(pipe, spec: ModelSpec, dtype, device) -> dict:
         params["lcm_lora_scale" if ref.role == "lcm_lora" else f"lora:{ref.key}"] = name
     if not names:
         return {}
+    _positional_projections(pipe.unet)
     pipe.set_adapters(names, adapter_weights=weights)
     if spec.fuse:
         _fuse_loras(pipe, names)
