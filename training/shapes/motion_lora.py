@@ -62,12 +62,14 @@ class MultiLoRA:
         self.base = base
         self.down = torch.nn.Parameter(torch.randn(n, rank, base.in_features, generator=gen) / rank)
         self.up = torch.nn.Parameter(torch.zeros(n, base.out_features, rank))  # starts as the identity
-        self.select = None  # LongTensor (clips,) or an int for every row
+        self.select = None  # LongTensor (clips,), an int for every row, or None: no LoRA
 
     def __call__(self, module, args, output):
         import torch
 
         (x,) = args
+        if self.select is None:
+            return output
         if isinstance(self.select, int):
             d, u = self.down[self.select], self.up[self.select]
             return output + (x @ d.T) @ u.T
