@@ -82,7 +82,7 @@ def main():
     table("pictures", "ms/picture", cases, lambda name, steps: quality.generate(
         pics[name], [p for p, _, _ in cases], [s for _, _, s in cases], steps, guidance[name]))
 
-    motion_table(student, quick=a.quick)
+    motion_table(quick=a.quick)
     if a.quick:
         return
     cases = quality.prompts_and_truth(a.clip_seeds)
@@ -94,17 +94,18 @@ def main():
     renoise_ceiling(pics["teacher"], quality.prompts_and_truth(a.seeds), guidance["teacher"])
 
 
-def motion_table(models, quick: bool = False):
-    from lcmvideo.models import embedded
+def motion_table(quick: bool = False):
+    """Clips rendered by lcmvideo itself, as users render them (its sampler re-noises with the family's
+    shared noise too), with each `embedded:<direction>` motion LoRA and without."""
+    from lcmvideo.api import Session
     from lcmvideo.shapes import world
     from training.shapes import quality
 
-    pipe = quality.clip_pipeline(models, "lcm")
-    shared = embedded.sampling_defaults().get("shared_noise", 0.0)
+    session = Session()
     prompts, seeds = (quality.MOTION_PROMPTS[:1], (1,)) if quick else (quality.MOTION_PROMPTS, (1, 2, 3, 4))
 
-    def render(p, s):
-        return quality.generate_clip(pipe, p, s, 4, 1.0, shared_noise=shared)
+    def render(p, s, d=None):
+        return session.render(prompt=p, frames=16, seed=s, steps=4, motion_loras=[f"embedded:{d}"] if d else [])
 
     n = len(prompts) * len(seeds)
     plain = quality.motion_tracks(render, prompts, seeds)
@@ -113,8 +114,7 @@ def motion_table(models, quick: bool = False):
     for d in ("right", "left", "up", "down"):
         dx, dy = world.MOTIONS[f"moving {d}"]
         t0 = time.perf_counter()
-        with quality.motion_lora(models, embedded.shipped() / "motion_lora" / f"{d}.safetensors"):
-            tracks = quality.motion_tracks(render, prompts, seeds)
+        tracks = quality.motion_tracks(lambda p, s, d=d: render(p, s, d), prompts, seeds)
         per = (time.perf_counter() - t0) / n
 
         way = lambda vs, d=d: np.mean([quality.goes_the_right_way(v, f"moving {d}") for v in vs])  # noqa: E731

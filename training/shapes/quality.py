@@ -129,23 +129,27 @@ def pixel_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def motion_lora_deltas(unet, sd: dict, scale: float = 1.0) -> dict:
-    """{parameter: scale * up @ down} of an AnimateDiff-layout motion LoRA on a diffusers motion UNet,
-    keyed as AnimateDiff's own loader reads it (load_diffusers_lora: W += alpha * up @ down)."""
+    """{parameter: scale * up @ down} of a motion LoRA on a diffusers motion UNet, in AnimateDiff's layout
+    (keyed as AnimateDiff's own loader reads it, load_diffusers_lora: W += alpha * up @ down) or peft's
+    (`unet.<layer>.lora_A.weight` = down, `lora_B` = up, no alpha)."""
     params = dict(unet.named_parameters())
     out = {}
     for key, down in sd.items():
-        if ".down." not in key:
+        if key.endswith(".lora_A.weight"):
+            up, name = sd[key.replace(".lora_A.", ".lora_B.")], key.removeprefix("unet.").replace(".lora_A.", ".")
+        elif ".down." in key:
+            up = sd[key.replace(".down.", ".up.")]
+            name = key.replace("processor.", "").replace("_lora", "").replace("down.", "").replace("up.", "")
+            name = name.replace("to_out.", "to_out.0.").replace("temporal_transformer.", "")
+            name = name.replace("attention_blocks.0.", "attn1.").replace("attention_blocks.1.", "attn2.")
+        else:
             continue
-        up = sd[key.replace(".down.", ".up.")]
-        name = key.replace("processor.", "").replace("_lora", "").replace("down.", "").replace("up.", "")
-        name = name.replace("to_out.", "to_out.0.").replace("temporal_transformer.", "")
-        name = name.replace("attention_blocks.0.", "attn1.").replace("attention_blocks.1.", "attn2.")
         out[params[name]] = scale * (up.float() @ down.float()).to(params[name].dtype)
     return out
 
 
 class motion_lora:
-    """Context: the motion LoRA file (AnimateDiff layout) added to a loaded family's motion UNet, removed after."""
+    """Context: the motion LoRA file (AnimateDiff's or peft's layout) added to a loaded family's motion UNet, removed after."""
 
     def __init__(self, models, path, scale: float = 1.0):
         from safetensors.torch import load_file
