@@ -112,6 +112,25 @@ def holder(loras: dict):
     return m
 
 
+def clip_loss(pred, target, temporal_weight: float):
+    """MSE plus MotionDirector's appearance-debiased temporal loss: the part of a clip that changes over
+    the frames is the motion, a small share of the plain loss."""
+    import torch
+
+    loss = torch.nn.functional.mse_loss(pred, target)
+    if temporal_weight:
+        loss = loss + temporal_weight * torch.nn.functional.mse_loss(
+            pred - pred.mean(2, keepdim=True), target - target.mean(2, keepdim=True))
+    return loss
+
+
+def fit(trainer, loras: dict, lr: float, step, probe) -> float:
+    """train.py's loop over the LoRAs' factors (checkpointed as one module); returns the stage's seconds."""
+    params = holder(loras)
+    groups = [{"params": list(params.parameters()), "lr": lr, "base_lr": lr}]
+    return trainer.loop(STAGE, groups, step, {"lora": params}, probe=probe)
+
+
 def state_dicts(loras: dict) -> dict:
     """direction -> AnimateDiff-layout state dict (fp16)."""
     out = {}
@@ -211,17 +230,9 @@ class Run:
             select(self.loras, torch.as_tensor(dirs))
             pred = unet(xt, t, encoder_hidden_states=emb).sample
             target = self.t.target(x0, eps, t)
-            loss = torch.nn.functional.mse_loss(pred, target)
-            if cfg["temporal_weight"]:
-                # MotionDirector's appearance-debiased temporal loss: the part of the prediction that
-                # changes over the frames is the motion, a small share of the plain loss
-                loss = loss + cfg["temporal_weight"] * torch.nn.functional.mse_loss(
-                    pred - pred.mean(2, keepdim=True), target - target.mean(2, keepdim=True))
-            return loss
+            return clip_loss(pred, target, cfg["temporal_weight"])
 
-        params = holder(self.loras)
-        groups = [{"params": list(params.parameters()), "lr": cfg["lr"], "base_lr": cfg["lr"]}]
-        secs = self.t.loop(STAGE, groups, step, {"lora": params}, probe=self.probe)
+        secs = fit(self.t, self.loras, cfg["lr"], step, self.probe)
         (self.t.work / STAGE).mkdir(exist_ok=True)
         from safetensors.torch import save_file
 

@@ -25,7 +25,7 @@ if __package__ in (None, ""):
 
 from lcmvideo.shapes import world  # noqa: E402
 from training.shapes import motion_lora, train  # noqa: E402
-from training.shapes.motion_lora import DIRECTIONS, STAGE, MultiLoRA, _reads, holder, select, state_dicts  # noqa: E402
+from training.shapes.motion_lora import DIRECTIONS, STAGE, MultiLoRA, _reads, clip_loss, fit, select, state_dicts  # noqa: E402
 
 CONFIG = Path(__file__).parent / "configs" / "motion_lora_paired.json"
 # "motion_modules": the motion modules' Linears (the feed-forward and proj_out too), which AnimateDiff's
@@ -175,16 +175,9 @@ class PairedRun:
             select(self.loras, torch.as_tensor(dirs))
             v = unet(xt, t, encoder_hidden_states=emb).sample
             pred = a.sqrt() * xt - (1 - a).sqrt() * v  # the clip LCM takes as this step's estimate
-            loss = torch.nn.functional.mse_loss(pred, x0)
-            if cfg["temporal_weight"]:
-                # MotionDirector's appearance-debiased temporal loss: what changes over the frames is the motion
-                loss = loss + cfg["temporal_weight"] * torch.nn.functional.mse_loss(
-                    pred - pred.mean(2, keepdim=True), x0 - x0.mean(2, keepdim=True))
-            return loss
+            return clip_loss(pred, x0, cfg["temporal_weight"])
 
-        params = holder(self.loras)
-        groups = [{"params": list(params.parameters()), "lr": cfg["lr"], "base_lr": cfg["lr"]}]
-        secs = self.t.loop(STAGE, groups, step, {"lora": params}, probe=self.probe)
+        secs = fit(self.t, self.loras, cfg["lr"], step, self.probe)
         (self.t.work / STAGE).mkdir(exist_ok=True)
         from safetensors.torch import save_file
 
