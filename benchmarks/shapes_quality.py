@@ -96,31 +96,43 @@ def main():
 
 def motion_table(quick: bool = False):
     """Clips rendered by lcmvideo itself, as users render them (its sampler re-noises with the family's
-    shared noise too), with each `embedded:<direction>` motion LoRA and without."""
+    shared noise too), with each `embedded:<direction>` motion LoRA and without; "colour" = the share
+    of frames whose shape keeps the prompt's colour (a LoRA is to move the picture, not redraw it)."""
     from lcmvideo.api import Session
-    from lcmvideo.shapes import world
+    from lcmvideo.shapes import analyse, world
     from training.shapes import quality
 
     session = Session()
     prompts, seeds = (quality.MOTION_PROMPTS[:1], (1,)) if quick else (quality.MOTION_PROMPTS, (1, 2, 3, 4))
 
-    def render(p, s, d=None):
-        return session.render(prompt=p, frames=16, seed=s, steps=4, motion_loras=[f"embedded:{d}"] if d else [])
+    def clips(d=None):
+        """(velocities, colour kept) over every prompt x seed."""
+        vs, kept = [], []
+        for p in prompts:
+            for s in seeds:
+                reads = analyse.read_clip(session.render(prompt=p, frames=16, seed=s, steps=4,
+                                                         motion_loras=[f"embedded:{d}"] if d else []))
+                vs.append(quality.velocity(reads))
+                kept.append(quality.colour_kept(reads, p))
+        return vs, float(np.mean(kept))
 
     n = len(prompts) * len(seeds)
-    plain = quality.motion_tracks(render, prompts, seeds)
-    print(f"\nmotion LoRAs, {n} clips each (4 LCM steps, weight 1); without: the same clips with no LoRA")
-    print(f"{'LoRA':<8}{'its way':>9}{'px/frame':>10}{'without':>9}{'px/frame':>10}{'s/clip':>8}")
+    plain, plain_colour = clips()
+    print(f"\nmotion LoRAs, {n} clips each (4 LCM steps, weight 1); without: the same clips with no LoRA "
+          f"(colour kept {plain_colour:.0%})")
+    print(f"{'LoRA':<8}{'its way':>9}{'px/frame':>10}{'colour':>8}{'without':>9}{'px/frame':>10}{'s/clip':>8}")
     for d in ("right", "left", "up", "down"):
         dx, dy = world.MOTIONS[f"moving {d}"]
         t0 = time.perf_counter()
-        tracks = quality.motion_tracks(lambda p, s, d=d: render(p, s, d), prompts, seeds)
+        tracks, colour = clips(d)
         per = (time.perf_counter() - t0) / n
 
         way = lambda vs, d=d: np.mean([quality.goes_the_right_way(v, f"moving {d}") for v in vs])  # noqa: E731
         speed = lambda vs, dx=dx, dy=dy: np.mean([v[0] * dx + v[1] * dy for v in vs if v is not None])  # noqa: E731
-        print(f"{d:<8}{way(tracks):>9.0%}{speed(tracks):>10.2f}{way(plain):>9.0%}{speed(plain):>10.2f}{per:>8.2f}")
-    still = [quality.wander(render(f"{p}, still", s)) for p in prompts for s in seeds]
+        print(f"{d:<8}{way(tracks):>9.0%}{speed(tracks):>10.2f}{colour:>8.0%}{way(plain):>9.0%}{speed(plain):>10.2f}"
+              f"{per:>8.2f}")
+    still = [quality.wander(session.render(prompt=f"{p}, still", frames=16, seed=s, steps=4))
+             for p in prompts for s in seeds]
     print(f"'still' without a LoRA: the shape wanders {np.median(still):.1f} px (median; max {max(still):.1f}) "
           "from its first place")
 

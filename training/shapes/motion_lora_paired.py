@@ -58,13 +58,13 @@ def open_family():
     return s, s.models(s.settings(prompt="x"))
 
 
-def start_noise(seed: int):
-    """The starting noise lcmvideo's render draws for a 16-frame 64 px clip under `seed` (the family's shared share)."""
+def start_noise(seed: int, share: float):
+    """The starting noise lcmvideo's render draws for a 16-frame 64 px clip under `seed` and `share`."""
     import torch
 
     from lcmvideo.pipeline.denoise import frame_noise
 
-    return frame_noise((1, 4, world.FRAMES, 8, 8), train.SHARED_NOISE, torch.Generator("cpu").manual_seed(seed),
+    return frame_noise((1, 4, world.FRAMES, 8, 8), share, torch.Generator("cpu").manual_seed(seed),
                        "cpu", torch.float32)
 
 
@@ -80,6 +80,69 @@ def moved(shape: str, colour: str, background: str, cx: float, cy: float, r: flo
         return float(np.clip(c - d * travel / 2, a, max(a, b)))
 
     return world.Scene(shape, colour, background, start(cx, dx), start(cy, dy), r, motion, speed)
+
+
+def sample_clips(unet, sched, seeds: list[int], emb, steps: int, share: float, upto: int | None = None):
+    """LCM's multistep sampling of one clip per seed exactly as lcmvideo's render runs it (the seed's
+    start noise and re-noising draws, LCMScheduler's step): the clips (clips, C, F, h, w), or with
+    `upto` the latents and timestep that step `upto` of the `steps` starts from."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from lcmvideo.pipeline.denoise import frame_noise
+
+    shape = (1, 4, world.FRAMES, 8, 8)
+    gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    x = torch.cat([frame_noise(shape, share, g, "cpu", torch.float32) for g in gens])
+    sched.set_timesteps(steps)
+    ts, al = [int(t) for t in sched.timesteps], sched.alphas_cumprod
+    for i, t in enumerate(ts):
+        if i == upto:
+            return x, t
+        v = unet(x, torch.tensor(t), encoder_hidden_states=emb).sample
+        c_skip, c_out = sched.get_scalings_for_boundary_condition_discrete(t)
+        x0 = c_out * (al[t].sqrt() * x - (1 - al[t]).sqrt() * v) + c_skip * x
+        if i == len(ts) - 1:
+            return x0
+        eps = []
+        for g in gens:  # LCMScheduler draws its own noise, which lcmvideo replaces by shared noise
+            randn_tensor(shape, generator=g)
+            eps.append(frame_noise(shape, share, g, "cpu", torch.float32))
+        a = al[ts[i + 1]]
+        x = a.sqrt() * x0 + (1 - a).sqrt() * torch.cat(eps)
+
+
+def shift_latents(z, offsets):
+    """Clips (B, C, F, h, w) with frame f of clip b moved by offsets[b, f] = (dx, dy) latent pixels
+    (bicubic, edges repeated): the family's own clip made to move without leaving its latent code."""
+    import torch
+    import torch.nn.functional as F
+
+    b, c, f, h, w = z.shape
+    frames = z.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+    theta = torch.zeros(b * f, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    off = torch.as_tensor(offsets, dtype=torch.float32).reshape(b * f, 2)
+    theta[:, 0, 2], theta[:, 1, 2] = -off[:, 0] * 2 / w, -off[:, 1] * 2 / h
+    grid = F.affine_grid(theta, frames.shape, align_corners=False)
+    out = F.grid_sample(frames, grid, mode="bicubic", padding_mode="border", align_corners=False)
+    return out.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+
+
+def track_offsets(cx: float, cy: float, speed: float, direction: str, r: float = 9.0):
+    """Per-frame (dx, dy) pixels that carry a shape at (cx, cy) across its place `direction`'s way
+    at `speed`, kept inside the picture (as `moved`)."""
+    dx, dy = world.MOTIONS[f"moving {direction}"]
+    travel = speed * (world.FRAMES - 1)
+    lo, hi = r + 2, world.SIZE - r - 2
+
+    def start(c, d):
+        a, b = (lo, hi - travel) if d > 0 else ((lo + travel, hi) if d < 0 else (lo, hi))
+        return float(np.clip(c - d * travel / 2, a, max(a, b)))
+
+    f = np.arange(world.FRAMES)
+    return np.stack([start(cx, dx) + dx * speed * f - cx if dx else 0 * f,
+                     start(cy, dy) + dy * speed * f - cy if dy else 0 * f], axis=1)
 
 
 class PairedRun:
@@ -98,9 +161,11 @@ class PairedRun:
         self.loras = attach(self.pipe.unet, cfg["rank"], torch.Generator().manual_seed(cfg["seed"]),
                             cfg["targets"] == "motion_modules")
         self.scaling = self.pipe.vae.config.scaling_factor
+        # the share of noise frames have in common, in training and in the probe's renders
+        self.share = cfg.get("shared_noise", self.models.shared_noise)
 
     def render(self, prompt: str, seed: int):
-        return self.session.render(prompt=prompt, frames=world.FRAMES, seed=seed, steps=4)
+        return self.session.render(prompt=prompt, frames=world.FRAMES, seed=seed, steps=4, shared_noise=self.share)
 
     def bank(self):
         """Paired examples: a seed and caption, and per direction the clip the LoRA is to give from that
@@ -139,13 +204,45 @@ class PairedRun:
         path.with_suffix(".tmp").replace(path)
         return out, meta
 
+    def family_bank(self, meta):
+        """Per bank seed, the family's own sampling with no LoRA: its first step's estimate, its clip
+        (latents) and where its shape sits. Built once."""
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        path = self.t.work / "family.safetensors"
+        if path.exists():
+            return load_file(path)
+        unet, sched, te = self.pipe.unet, self.pipe.scheduler, self.pipe.text_encoder
+        first, final, place = [], [], []
+        select(self.loras, None)
+        with torch.no_grad():
+            for k, m in enumerate(meta):
+                emb = te(self.t.ids([m["caption"]]))[0].repeat_interleave(world.FRAMES, dim=0)
+                x, t = sample_clips(unet, sched, [m["seed"]], emb, 4, self.share, upto=0)
+                a = sched.alphas_cumprod[t]
+                first.append(a.sqrt() * x - (1 - a).sqrt() * unet(x, torch.tensor(t), encoder_hidden_states=emb).sample)
+                z = sample_clips(unet, sched, [m["seed"]], emb, 4, self.share)
+                final.append(z)
+                img = self.pipe.vae.decode(z[0].permute(1, 0, 2, 3) / self.scaling).sample
+                frames = ((img.permute(0, 2, 3, 1).numpy() + 1) * 127.5).clip(0, 255).round().astype(np.uint8)
+                p = np.array([(r.x, r.y) for r in _reads(frames)])
+                ok = ~np.isnan(p).any(axis=1)
+                place.append(np.median(p[ok], axis=0) if ok.any() else (world.SIZE / 2, world.SIZE / 2))
+                if (k + 1) % 100 == 0:
+                    self.t.log(STAGE, f"family bank {k + 1}/{len(meta)}")
+        out = {"first": torch.cat(first), "final": torch.cat(final), "place": torch.tensor(np.array(place))}
+        save_file(out, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+        return out
+
     def train(self):
         import torch
 
         from lcmvideo.pipeline.denoise import frame_noise
 
         bank, meta = self.bank()
-        noise0 = torch.cat([start_noise(m["seed"]) for m in meta])
+        noise0 = torch.cat([start_noise(m["seed"], self.share) for m in meta])
         unet, te, sched = self.pipe.unet, self.pipe.text_encoder, self.pipe.scheduler
         alphas = sched.alphas_cumprod
         cfg, n = self.cfg, len(meta)
@@ -165,7 +262,7 @@ class PairedRun:
             first = rng.random(b) < cfg["first_step_share"]
             t = torch.tensor([first_t if f else int(rng.choice(later[int(rng.integers(2, 9))])) for f in first])
             a = alphas[t].view(-1, 1, 1, 1, 1)
-            eps = torch.cat([frame_noise((1, *x0.shape[1:]), train.SHARED_NOISE, g, "cpu", torch.float32)
+            eps = torch.cat([frame_noise((1, *x0.shape[1:]), self.share, g, "cpu", torch.float32)
                              for _ in range(b)])
             # the first step sees the seed's own noise; a later one the target re-noised as LCM re-noises
             xt = torch.where(torch.as_tensor(first).view(-1, 1, 1, 1, 1), noise0[idx],
@@ -177,7 +274,72 @@ class PairedRun:
             pred = a.sqrt() * xt - (1 - a).sqrt() * v  # the clip LCM takes as this step's estimate
             return clip_loss(pred, x0, cfg["temporal_weight"])
 
-        secs = fit(self.t, self.loras, cfg["lr"], step, self.probe)
+        def on_policy(i):
+            # a later step starts where lcmvideo's sampler with the LoRA as it now is gets for the seed,
+            # not from the target re-noised: the LoRA's own first guess is what users' later steps see
+            rng = self.t.rng(STAGE, i)
+            b = cfg["batch"]
+            dirs = np.arange(b) % len(DIRECTIONS)
+            idx = rng.integers(n, size=b)
+            x0 = torch.stack([bank[DIRECTIONS[d]][j] for d, j in zip(dirs, idx)]).float()
+            with torch.no_grad():
+                emb = te(self.t.ids([meta[j]["caption"] for j in idx]))[0].repeat_interleave(world.FRAMES, dim=0)
+            select(self.loras, torch.as_tensor(dirs))
+            if rng.random() < cfg["first_step_share"]:
+                xt, t = noise0[idx], first_t
+            else:
+                k = int(rng.integers(2, 9))
+                with torch.no_grad():
+                    xt, t = sample_clips(unet, sched, [meta[j]["seed"] for j in idx], emb, k, self.share,
+                                         upto=int(rng.integers(1, k)))
+            a = alphas[t]
+            v = unet(xt, torch.tensor(t), encoder_hidden_states=emb).sample
+            return loss_of(a.sqrt() * xt - (1 - a).sqrt() * v, x0)
+
+        fam = self.family_bank(meta) if cfg.get("objective") == "translated" else None
+
+        def translated(i):
+            # the target is the family's own sampling with its frames moved (latent space, so it keeps
+            # the family's code for the shape): its first guess moved at the first step, its clip moved
+            # at a later step reached by sampling with the LoRA as it now is
+            rng = self.t.rng(STAGE, i)
+            b = cfg["batch"]
+            dirs = np.arange(b) % len(DIRECTIONS)
+            idx = rng.integers(n, size=b)
+            speed = rng.uniform(*cfg.get("speed", world.SPEED), size=b)
+            off = np.stack([track_offsets(*fam["place"][j].tolist(), v, DIRECTIONS[d])
+                            for d, j, v in zip(dirs, idx, speed)]) / (world.SIZE / 8)
+            with torch.no_grad():
+                emb = te(self.t.ids([meta[j]["caption"] for j in idx]))[0].repeat_interleave(world.FRAMES, dim=0)
+            select(self.loras, torch.as_tensor(dirs))
+            if rng.random() < cfg["first_step_share"]:
+                xt, t, x0 = noise0[idx], first_t, shift_latents(fam["first"][idx], off)
+            else:
+                k = int(rng.integers(2, 9))
+                with torch.no_grad():
+                    xt, t = sample_clips(unet, sched, [meta[j]["seed"] for j in idx], emb, k, self.share,
+                                         upto=int(rng.integers(1, k)))
+                x0 = shift_latents(fam["final"][idx], off)
+            a = alphas[t]
+            v = unet(xt, torch.tensor(t), encoder_hidden_states=emb).sample
+            return clip_loss(a.sqrt() * xt - (1 - a).sqrt() * v, x0, cfg["temporal_weight"])
+
+        def loss_of(pred, x0):
+            if not cfg.get("pixel_loss"):
+                return clip_loss(pred, x0, cfg["temporal_weight"])
+            # in pixels: where the LoRA is unsure, an average of latents decodes to other colours
+            # (red and black to green), an average of pictures stays a dim red
+            with torch.no_grad():
+                want = decode(x0)
+            return clip_loss(decode(pred), want, cfg["temporal_weight"])
+
+        def decode(z):  # (B, C, F, h, w) latents -> (B, 3, F, H, W) pictures
+            b, c, f, h, w = z.shape
+            img = self.pipe.vae.decode(z.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w) / self.scaling).sample
+            return img.reshape(b, f, *img.shape[1:]).permute(0, 2, 1, 3, 4)
+
+        steps = {"translated": translated, "on_policy": on_policy}
+        secs = fit(self.t, self.loras, cfg["lr"], steps.get(cfg.get("objective"), step), self.probe)
         (self.t.work / STAGE).mkdir(exist_ok=True)
         from safetensors.torch import save_file
 
@@ -185,7 +347,8 @@ class PairedRun:
             for d, sd in state_dicts(self.loras).items():
                 save_file(sd, self.t.work / STAGE / f"{d}.safetensors")
         info = {"seconds": round(secs, 1), "steps": cfg["steps"], "batch": cfg["batch"], "seed": cfg["seed"],
-                "rank": cfg["rank"], "bank_clips": n, "objective": "paired", "targets": cfg["targets"]}
+                "rank": cfg["rank"], "bank_clips": n, "objective": cfg.get("objective", "paired"), "targets": cfg["targets"],
+                "shared_noise": self.share}
         (self.t.work / STAGE / "done").write_text(json.dumps(info))
         self.t.log(STAGE, f"done: {info}")
 
@@ -198,9 +361,13 @@ class PairedRun:
         try:
             for k, d in enumerate(DIRECTIONS):
                 select(self.loras, k)
-                hits = sum(quality.goes_the_right_way(quality.velocity(_reads(self.render(p, s))), f"moving {d}")
-                           for p in quality.MOTION_PROMPTS[:3] for s in (1, 2))
-                out.append(f"{d} {hits}/6")
+                hits, kept = 0, []
+                for p in quality.MOTION_PROMPTS[:3]:
+                    for s in (1, 2):
+                        reads = _reads(self.render(p, s))
+                        hits += quality.goes_the_right_way(quality.velocity(reads), f"moving {d}")
+                        kept.append(quality.colour_kept(reads, p))
+                out.append(f"{d} {hits}/6 colour {np.mean(kept):.0%}")
         finally:
             select(self.loras, None)
             self.pipe.unet.train()

@@ -113,6 +113,12 @@ def colour_rate(frames: np.ndarray, colours: list[str]) -> float:
     return float(np.mean([analyse.read(f).colour == c for f, c in zip(frames, colours)]))
 
 
+def colour_kept(reads: list, prompt: str) -> float:
+    """Share of a clip's frames whose shape has the colour its prompt names."""
+    want = next(c for c in world.COLOURS if c in prompt.split())
+    return float(np.mean([r.colour == want for r in reads]))
+
+
 def agreement(a: np.ndarray, b: np.ndarray, tol: float = TOLERANCE_PX) -> float:
     """Share of picture pairs with the same colour and centroids within `tol` pixels."""
     hits = []
