@@ -10,12 +10,14 @@ from training.shapes import quality
 LORAS = embedded.shipped() / "motion_lora"
 DIRECTIONS = ("right", "left", "up", "down")
 PROMPTS = quality.MOTION_PROMPTS[:3]
-# The goal, not met by the shipped LoRAs (about half of these clips go their way; training/shapes/NOTES.md,
-# "Motion LoRAs"): strict, so a retrained set that meets it fails the suite until the marker goes.
-NOT_LEARNT = pytest.mark.xfail(strict=True, reason="the shipped motion LoRAs move the shape their way in about "
-                                                   "half the clips, not >= 90 %")
-# Measured without a LoRA (NOTES.md): a 'still' prompt's shape wanders a median 15.6 px at 4 LCM steps
-STILL_BOUND_PX = 20.0
+# The goal, met by one shipped LoRA of four (training/shapes/NOTES.md, "Motion LoRAs"): strict, so a
+# retrained LoRA that meets it fails the suite until it joins LEARNT.
+NOT_LEARNT = pytest.mark.xfail(strict=True, reason="this shipped motion LoRA moves the shape its way in 25-65 % "
+                                                   "of the benchmark's clips, not >= 90 %")
+LEARNT = {"up"}  # 90 % of the benchmark's 20 clips, 6 of the test's 6
+# "A few pixels" on a 64 px frame; the family samples with 85 % of the noise shared (sampling.json),
+# where the benchmark's 20 'still' clips wander a median 2.4 px and 3 of them jump (NOTES.md)
+STILL_PX = 4.0
 shipped = pytest.mark.skipif(not (LORAS / "right.safetensors").exists(),
                              reason="the shapes motion LoRAs are not shipped in this checkout")
 # the trained family, as a user gets it (tests/conftest.py picks the twin); `session` is on it too
@@ -58,8 +60,7 @@ def tracks(session):
 
 
 @shipped
-@NOT_LEARNT
-@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("direction", [d if d in LEARNT else pytest.param(d, marks=NOT_LEARNT) for d in DIRECTIONS])
 def test_each_motion_lora_moves_the_shape_its_way(tracks, direction):
     """>= 90 % of clips (prompts x seeds) go the LoRA's way, more than the same clips without it."""
     hits = [quality.goes_the_right_way(v, f"moving {direction}") for v in tracks[direction]]
@@ -78,11 +79,11 @@ def test_the_lora_is_what_moves_the_shape(tracks):
         assert np.mean(along) > np.mean(before) + 0.5, (d, along, before)
 
 
-@shipped
-def test_a_still_prompt_without_a_lora_stays_within_the_measured_bound(session):
-    """Not 'a few pixels': the family's own drift (NOTES.md); test_shapes.py keeps < 4 px as a strict xfail."""
-    wander = [quality.wander(render(session, f"{p}, still", s)) for p in PROMPTS for s in (1, 2)]
-    assert np.median(wander) <= STILL_BOUND_PX, wander
+def test_a_still_prompt_without_a_lora_stays_within_a_few_pixels(session):
+    """The shape of a 'still' clip stays within 4 px of its first place in most clips (the median, and
+    5 of the 6), without any LoRA: a motion LoRA's movement is not the family's own drift."""
+    wander = np.array([quality.wander(render(session, f"{p}, still", s)) for p in PROMPTS for s in (1, 2)])
+    assert np.median(wander) <= STILL_PX and (wander <= STILL_PX + 1).sum() >= 5, wander
 
 
 @shipped

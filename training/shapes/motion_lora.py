@@ -219,7 +219,7 @@ class Run:
             x0 = ((mean.float() + std.float() * torch.randn(mean.shape, generator=g)) * self.scaling)
             x0 = x0.permute(0, 2, 1, 3, 4)  # (B, C, F, h, w)
             shared = torch.rand(b, generator=g) < cfg["shared_noise_share"]
-            eps = torch.cat([frame_noise((1, *x0.shape[1:]), train.SHARED_NOISE if s else 0.0, g, "cpu", torch.float32)
+            eps = torch.cat([frame_noise((1, *x0.shape[1:]), cfg["shared_noise"] if s else 0.0, g, "cpu", torch.float32)
                              for s in shared])
             hi = torch.rand(b, generator=g) < cfg["high_noise_share"]
             t = torch.where(hi, torch.randint(cfg["high_noise_from"], 1000, (b,), generator=g),
@@ -257,7 +257,7 @@ class Run:
                 for seed, prompt in ((1, "a white square"), (2, "a red circle on a black background"),
                                      (3, "a green triangle on a gray background")):
                     v = quality.velocity(_reads(quality.generate_clip(pipe, prompt, seed, 4, 1.0,
-                                                                      shared_noise=train.SHARED_NOISE)))
+                                                                      shared_noise=self.cfg["shared_noise"])))
                     hits += quality.goes_the_right_way(v, f"moving {d}")
                     speed.append(v and (round(v[0], 1), round(v[1], 1)))
                 out.append(f"{d} {hits}/3 {speed}")
