@@ -84,6 +84,8 @@ class ModelPaths:
     sampler: str = "lcm"  # lcm (LCMScheduler) | tcd (TCDScheduler)
     gamma: float = 0.3  # TCD's stochasticity (diffusers' eta): 0 = no fresh noise between steps
     lcm_map: LcmMap | None = None  # the LCM-LoRA's scale over the denoising steps
+    # AnimateDiff v3's SparseCtrl RGB (v3_sd15_sparsectrl_rgb.ckpt): init_image conditions the clip through it
+    sparsectrl: str | None = None
 
 
 MODEL_KEYS = frozenset(f.name for f in fields(ModelPaths))  # settings that choose and load models

@@ -93,7 +93,7 @@ def _models(d, path, where, base_dir: Path | None) -> ModelPaths:
         q = Path(p).expanduser()
         return str(q if q.is_absolute() or not (base_dir / q).exists() else (base_dir / q).resolve())
 
-    for k in ("base", "motion", "lcm_lora", "models_dir", "vae"):
+    for k in ("base", "motion", "lcm_lora", "models_dir", "vae", "sparsectrl"):
         if k in d:
             setattr(m, k, rel(_str(d[k], path + (k,), where, optional=True)))
     if d.get("embeddings") is not None:
