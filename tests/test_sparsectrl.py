@@ -152,6 +152,34 @@ def test_windows_without_frame_0_get_no_condition(tiny_models, kit):
     assert long.shape == (10, 64, 64, 3) and np.abs(long.astype(int) - text2video.render(tiny_models, s)).mean() > 0.5
 
 
+def test_with_a_controlnet_both_residuals_add(tiny_models, kit):
+    from lcmvideo.schedule import ControlSpec
+
+    both = with_sparsectrl(kit)
+    both.controlnet = [ControlSpec(images=str(kit["blue"]))]
+    control_only = with_sparsectrl(kit)
+    control_only.controlnet, control_only.sparsectrl_scale = both.controlnet, 0.0
+    a, b, c = (text2video.render(tiny_models, x) for x in (both, control_only, with_sparsectrl(kit)))
+    assert a.shape == (8, 64, 64, 3) and np.abs(a.astype(int) - b).mean() > 0.5 and np.abs(a.astype(int) - c).mean() > 0.5
+
+
+def test_sd15_config_is_diffusers_sparsectrl_rgb():
+    """Over SD1.5's UNet the derived config builds exactly the model diffusers' conversion script makes
+    for v3_sd15_sparsectrl_rgb (--conditioning_channels 4 --use_simplified_condition_embedding)."""
+    from diffusers import SparseControlNetModel
+
+    from lcmvideo.models.loader import SD15_CONFIG
+    from lcmvideo.models.weights import read_json
+
+    with torch.device("meta"):
+        ours = SparseControlNetModel(**sparsectrl_config(read_json(SD15_CONFIG / "unet" / "config.json")))
+        theirs = SparseControlNetModel(conditioning_channels=4, motion_max_seq_length=32,
+                                       use_simplified_condition_embedding=True)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    assert a["controlnet_cond_embedding.weight"].shape == (320, 5, 3, 3)
+
+
 def test_cli_renders_and_the_sidecar_renders_again(tmp_path, kit, monkeypatch):
     monkeypatch.chdir(tmp_path)
     base = ["-q", "render", "-p", "a red circle", "--frames", "4", "--steps", "2", "--seed", "3"]
@@ -197,6 +225,8 @@ def test_refusals_are_one_line_naming_the_flag(tiny_models, kit, tmp_path, monke
     one_line_exit_2(r, "--motion", "SparseCtrl", "--sparsectrl")
     r = CliRunner().invoke(cli, [*base, *pic, "--sparsectrl", "no-such-sparsectrl"])
     one_line_exit_2(r, "--sparsectrl", "no-such-sparsectrl")
+    r = CliRunner().invoke(cli, [*base, *pic, "--sparsectrl", str(models.embedded.ensure() / "controlnet")])
+    one_line_exit_2(r, "--sparsectrl", "not a SparseCtrl model", "--controlnet")
     assert not (tmp_path / "x.mp4").exists()
 
 
@@ -211,6 +241,12 @@ def test_found_by_name_in_model_folders(kit, tmp_path):
         spec = models.resolve(ModelPaths(models_dir=str(tmp_path / root), sparsectrl="v3_sd15_sparsectrl_rgb"))
         assert spec.sparsectrl.path == folder / "v3_sd15_sparsectrl_rgb.safetensors"
         assert (spec.sparsectrl.sniffed.kind, spec.sparsectrl.source) == ("sparsectrl", "schedule")
+    # beside the motion modules it is not taken for the missing --motion
+    motion = tmp_path / "a1111" / "models" / "animatediff_models"
+    motion.mkdir(parents=True)
+    shutil.copy(kit["safetensors"], motion / "v3_sd15_sparsectrl_rgb.safetensors")
+    assert models.locate._pick_discovered("motion", [motion / "v3_sd15_sparsectrl_rgb.safetensors"],
+                                          tmp_path / "a1111") is None
 
 
 def test_schedule_keys_defaults_and_api(tiny_models, kit, tmp_path):
@@ -223,6 +259,7 @@ def test_schedule_keys_defaults_and_api(tiny_models, kit, tmp_path):
     s = schedule.load(f)
     assert s.models.sparsectrl == str((tmp_path / kit["ckpt"].name).resolve()) and s.sparsectrl_scale == 0.5
     assert s.init_strength is None and schedule.init_strength_of(s) == 0.0
+    assert schedule.from_text("prompt: x\ninit_strength: null\n").init_strength is None  # as a sidecar may say
     assert schedule.init_strength_of(schedule.Settings()) == 0.7
     assert schedule.init_strength_of(schedule.from_source(None, prompt="x", sparsectrl="none")) == 0.7
     assert schedule.init_strength_of(schedule.from_source(f, init_strength=0.3)) == 0.3

@@ -264,6 +264,8 @@ def _embedding_refs(m, sources: dict, models_dir: Path | None, found: dict) -> t
 def _pick_discovered(role: str, found: list[Path], models_dir: Path) -> Path | None:
     if role == "lcm_lora":
         found = [p for p in found if "lcm" in p.name.lower()]
+    if role == "motion":  # AnimateDiff's SparseCtrl files are often kept beside its motion modules
+        found = [p for p in found if "sparsectrl" not in p.name.lower()]
     if len(found) == 1:
         return found[0]
     if role == "motion":
