@@ -273,3 +273,6 @@ def test_schedule_keys_defaults_and_api(tiny_models, kit, tmp_path):
     got = session.render(prompt="a red circle", frames=4, steps=2, seed=4, shared_noise=0.0,
                          init_image=str(kit["red"]), sparsectrl_scale=0.5)
     assert np.array_equal(got, text2video.render(tiny_models, s))
+    plain = session.render(prompt="a red circle", frames=4, steps=2, seed=4, shared_noise=0.0,
+                           init_image=str(kit["red"]), sparsectrl="none")  # 0.7 into the latents, no SparseCtrl
+    assert session.loads == 1 and not np.array_equal(plain, got)  # SparseCtrl is not part of the model set
