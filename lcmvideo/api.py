@@ -262,10 +262,12 @@ class Session:
 
 
 def check_inputs(s: Settings) -> None:
-    """Refuse, before any model loads, an init image that is missing or unreadable."""
-    if s.init_image:
-        from .pipeline import img2vid
+    """Refuse, before any model loads, an init image that is missing or unreadable, and SparseCtrl
+    without one."""
+    from .pipeline import img2vid
 
+    img2vid.check_sparsectrl(s)
+    if s.init_image:
         img2vid.read_picture(s.init_image)
 
 
@@ -346,6 +348,7 @@ def recorded_settings(s: Settings, spec, ip=None) -> dict:
     m["motion_loras"] = [{"path": r.given if r.given.lower().startswith("embedded:") else str(r.path.resolve()),
                           "weight": r.weight, "name": r.key} for r in spec.motion_loras]
     m["vae"] = str(spec.vae.path.resolve()) if spec.vae else None
+    m["sparsectrl"] = str(spec.sparsectrl.path.resolve()) if spec.sparsectrl else None
     # the named embeddings by path; those found in models_dir by their path too, as models_dir is not kept
     m["embeddings"] = [str(r.path.resolve()) for r in spec.embeddings if r.key.lower() in embeddings_used(s, spec)
                        or not r.source.startswith("found in")]

@@ -206,6 +206,10 @@ def models_command(schedule_file, flags: dict, as_json: bool = False, echo=print
         rows.append({"role": ref.role, "path": str(sn.file) if sn else None, "layout": sn.layout if sn else None,
                      "family": sn.family if sn else None, "source": ref.source,
                      **({"weight": ref.weight} if ref.role in ("lora", "motion_lora") else {})})
+    if spec.sparsectrl is not None:
+        sn = spec.sparsectrl.sniffed
+        rows.append({"role": "sparsectrl", "path": str(sn.file), "layout": sn.layout, "family": sn.family,
+                     "source": spec.sparsectrl.source})
     found = {role: [str(p) for p in ps] for role, ps in models.discover(spec.models_dir).items()} \
         if spec.models_dir else {}
     embeddings = [{"name": r.key, "path": str(r.path), "vectors": r.sniffed.detail.get("vectors"),

@@ -229,10 +229,16 @@ def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_d
 @click.option("--init-image", type=click.Path(dir_okay=False, path_type=Path), metavar="IMAGE",
               help="Start the clip from a picture (img2vid): frame 0 looks like it, motion grows from it.")
 @click.option("--init-strength", type=click.FloatRange(0, 1),
-              help="How strongly the picture holds: 0 = not at all, 1 = every frame starts from it.  "
-                   "[default: 0.7]")
+              help="How strongly the picture holds in the starting latents: 0 = not at all, 1 = every frame "
+                   "starts from it.  [default: 0.7; 0 with --sparsectrl]")
 @click.option("--init-fit", type=click.Choice(["crop", "pad", "stretch"]),
               help="How the picture is fitted to the clip's size.  [default: crop]")
+@click.option("--sparsectrl", metavar="PATH|NAME",
+              help="SparseCtrl RGB (AnimateDiff v3's v3_sd15_sparsectrl_rgb.ckpt, or a diffusers "
+                   "SparseControlNetModel): the --init-image conditions frame 0 through it. A NAME is looked "
+                   "up in --models-dir's models/ControlNet, models/controlnet or models/SparseCtrl.")
+@click.option("--sparsectrl-scale", type=click.FloatRange(0, 5),
+              help="How strongly SparseCtrl's condition holds; 0 = no SparseCtrl.  [default: 1.0]")
 @click.option("--free-init", type=click.IntRange(1, 10), metavar="N",
               help="FreeInit: run the sampler N times, each from the last result's low frequencies "
                    "(steadier layout and motion, N times the work); 1 = off.")
@@ -243,8 +249,8 @@ def model_flags(base, motion, lcm_lora, lcm_lora_scale, loras, no_fuse, models_d
 def render(obj: Ctx, schedule_files, output, watch, max_renders, seeds, workers, ray_address, fmt, prompt, negative_prompt,
            frames, width, height, fps, steps,
            guidance, seed, shared_noise, motion_scale, controlnets, controlnet_scale, context_length, context_overlap,
-           ip_adapter, ip_image, ip_encoder, init_image, init_strength, init_fit, free_init, free_init_filter,
-           **model_kw):
+           ip_adapter, ip_image, ip_encoder, init_image, init_strength, init_fit, sparsectrl, sparsectrl_scale,
+           free_init, free_init_filter, **model_kw):
     """Render clips from schedule files (YAML/JSON; animatediff-cli-prompt-travel JSON; a ComfyUI
     workflow .json, or the PNG/MP4 ComfyUI wrote; FizzNodes schedule or A1111 prompt-box .txt;
     folders and globs too) or a --prompt.
@@ -274,8 +280,8 @@ def render(obj: Ctx, schedule_files, output, watch, max_renders, seeds, workers,
                  controlnet_scale=controlnet_scale, output=str(output) if output else None, format=fmt,
                  ip_adapter=ip_adapter, ip_image=ip_image, ip_encoder=ip_encoder,
                  init_image=str(init_image.expanduser().resolve()) if init_image else None,
-                 init_strength=init_strength, init_fit=init_fit, free_init=free_init,
-                 free_init_filter=free_init_filter)
+                 init_strength=init_strength, init_fit=init_fit, sparsectrl=sparsectrl,
+                 sparsectrl_scale=sparsectrl_scale, free_init=free_init, free_init_filter=free_init_filter)
     flags.update(model_flags(**model_kw))
     if not schedule_files and prompt is None:
         raise click.UsageError("give a SCHEDULE_FILE or --prompt")

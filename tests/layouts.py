@@ -18,6 +18,9 @@ project's loaders can be tested on every path without downloading real weights.
                       .safetensors (flat) and .ckpt ({"state_dict": ...}, or flat)
   TAESD               inverse of diffusers' scripts/convert_tiny_autoencoder_to_diffusers.py:
                       madebyollin's taesd_decoder.pth / taesd_encoder.pth (an nn.Sequential each)
+  SparseCtrl          inverse of convert_animatediff_checkpoint_to_diffusers on a SparseControlNetModel
+                      (v3_sd15_sparsectrl_rgb.ckpt): the motion modules' keys as AnimateDiff's, with
+                      attention_blocks.0.pos_encoder.pe (its one temporal self-attention), the rest as is
   textual inversion   A1111's .pt ({"string_to_param": {"*": vectors}, "name", "step", ...}) and
                       .safetensors ({"emb_params": vectors})
 """
@@ -533,3 +536,54 @@ def to_v3_adapter(diffusers_sd: dict) -> dict:
 def write_v3_adapter(diffusers_sd: dict, path, wrap: bool = True) -> Path:
     """v3_sd15_adapter.ckpt: torch.save of {"state_dict": ...} (or flat), read with weights_only=True."""
     return save_weights(to_v3_adapter(diffusers_sd), path, wrap=wrap)
+
+
+# ---------------------------------------------------------------- SparseCtrl
+
+_SPARSE_LEAF = [("norm1.", "norms.0."), ("norm3.", "ff_norm."), ("attn1.", "attention_blocks.0.")]
+
+
+def to_sparsectrl_original(sd: dict) -> dict:
+    """diffusers SparseControlNetModel state dict -> AnimateDiff v3's original SparseCtrl layout.
+
+    The image-UNet part (conv_in, controlnet_cond_embedding, down_blocks' resnets and attentions, mid_block,
+    controlnet_*_blocks) has the same names in both; `down_blocks.i.motion_modules.j.<rest>` ->
+    `...motion_modules.j.temporal_transformer.<rest>` with norm1/norm3/attn1 -> norms.0/ff_norm/
+    attention_blocks.0 inside its transformer blocks, and the block's `pos_embed.pe` as
+    `attention_blocks.0.pos_encoder.pe` (SparseCtrl's motion modules have one temporal self-attention)."""
+    out = {}
+    for k, v in sd.items():
+        m = _MOTION_KEY.fullmatch(k)
+        if not m:
+            out[k] = v
+            continue
+        head, idx, rest = m.groups()
+        base = f"{head}.motion_modules.{idx}.temporal_transformer."
+        tb = re.fullmatch(r"transformer_blocks\.(\d+)\.(.+)", rest)
+        if tb is None:
+            out[base + rest] = v
+            continue
+        block, leaf = tb.groups()
+        base += f"transformer_blocks.{block}."
+        if leaf == "pos_embed.pe":
+            out[f"{base}attention_blocks.0.pos_encoder.pe"] = v
+            continue
+        for d, o in _SPARSE_LEAF:
+            if leaf.startswith(d):
+                leaf = o + leaf[len(d):]
+                break
+        else:
+            if not leaf.startswith("ff."):
+                raise ValueError(f"SparseCtrl: {k} has no place in the original AnimateDiff layout")
+        out[base + leaf] = v
+    return _plain(out)
+
+
+def write_sparsectrl(net, path, wrap: str | None = None) -> Path:
+    """A SparseControlNetModel as an original SparseCtrl file: .ckpt a flat dict of tensors (or under
+    `wrap`, e.g. "controlnet" as AnimateDiff's trainer saves it), .safetensors flat."""
+    sd = to_sparsectrl_original(net.state_dict())
+    if wrap and Path(path).suffix != ".safetensors":
+        torch.save({wrap: sd}, path)
+        return Path(path)
+    return save_weights(sd, path, wrap=False)

@@ -79,7 +79,8 @@ def test_schedule_keys_paths_and_errors(tmp_path, picture):
     f.write_text("prompt: x\ninit_image: ../red.png\ninit_strength: 0.4\ninit_fit: pad\n")
     s = schedule.load(f)
     assert s.init_image == str(picture.resolve()) and (s.init_strength, s.init_fit) == (0.4, "pad")
-    assert schedule.Settings().init_strength == 0.7 and schedule.Settings().init_image is None
+    assert schedule.Settings().init_strength is None and schedule.Settings().init_image is None
+    assert schedule.init_strength_of(schedule.Settings()) == 0.7  # the default without SparseCtrl
     for text, msg in [("init_strength: 1.5", r"init_strength \(line 2\): must be at most 1.0"),
                       ("init_fit: zoom", r"init_fit \(line 2\): expected one of crop, pad, stretch"),
                       ("init_image: 3", r"init_image \(line 2\): expected text")]:

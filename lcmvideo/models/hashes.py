@@ -56,6 +56,10 @@ def describe(spec: ModelSpec, embeddings_used: list[str] | None = None) -> dict:
             out[name]["weight"] = ref.weight
         if ref.role == "vae":
             out[name]["decoder"] = "TAESD" if ref.sniffed.detail.get("decoder") == "taesd" else "AutoencoderKL"
+    if spec.sparsectrl is not None:
+        r = spec.sparsectrl
+        out["sparsectrl"] = {"path": str(r.path), "layout": r.sniffed.layout, "family": r.sniffed.family,
+                             "sha256": sha256_prefix(r.path), "source": r.source}
     if spec.vae is None:
         out["vae"] = {"path": None, "source": "the base model's own", "decoder": "AutoencoderKL"}
     used = set(embeddings_used or ())

@@ -19,7 +19,7 @@ LDM_VAE_PREFIXES = ("first_stage_model.", "vae.")
 
 @dataclass
 class Sniffed:
-    kind: str  # base | motion | motion_lora | lora | controlnet | vae | embedding | ip_adapter | clip_vision
+    kind: str  # base | motion | motion_lora | lora | controlnet | sparsectrl | vae | embedding | ip_adapter | clip_vision
     # diffusers | ldm | animatediff-original | animatediff-adapter | kohya | peft | taesd | a1111 | ip-adapter[-plus|-full]
     layout: str
     family: str  # SD1.5 | SD2.x | SDXL | SD1.5-structured (tiny) ...
@@ -143,6 +143,24 @@ def _clip_vision(shapes: dict, path: Path) -> Sniffed:
                    {"hidden_size": hidden, "projection_dim": proj})
 
 
+def _sparsectrl(shapes: dict, path: Path) -> Sniffed:
+    """AnimateDiff v3's SparseCtrl: a ControlNet with motion modules. The original layout
+    (v3_sd15_sparsectrl_*.ckpt: ...motion_modules.N.temporal_transformer..., sometimes under
+    `controlnet.`) or diffusers' (SparseControlNetModel). RGB's condition is a VAE latent plus the
+    mask, through one conv (controlnet_cond_embedding.weight, 4 + 1 channels in); scribble's an image
+    plus the mask, through a small conv net (controlnet_cond_embedding.conv_in.weight, 3 + 1 in)."""
+    prefix = "controlnet." if all(k.startswith("controlnet.") for k in shapes) else ""
+    bare = {k[len(prefix):]: v for k, v in shapes.items()}
+    layout = "animatediff-original" if any(".temporal_transformer." in k for k in bare) else "diffusers"
+    simple = bare.get("controlnet_cond_embedding.weight")
+    first = simple or bare.get("controlnet_cond_embedding.conv_in.weight") or [0, 0]
+    ctx = _context_dim(bare, r"attn2\.to_k\.weight$", 1)
+    pe = _context_dim(bare, r"pos_(encoder|embed)\.pe$", 1)
+    return Sniffed("sparsectrl", layout, _family(ctx), path,
+                   {"condition": "rgb" if simple else "scribble", "input_channels": first[1],
+                    "channels": bare.get("conv_in.weight", [None])[0], "context_dim": ctx, "max_seq_length": pe})
+
+
 def classify(shapes: dict[str, list[int]], path: Path, metadata: dict | None = None) -> Sniffed:
     """Tell a model's kind, layout and family from its tensor names and shapes (and, for a VAE,
     what its name and metadata say)."""
@@ -159,6 +177,9 @@ def classify(shapes: dict[str, list[int]], path: Path, metadata: dict | None = N
         ctx = _context_dim(shapes, r"^model\.diffusion_model\..*attn2\.to_k\.weight$", 1)
         in_ch = shapes.get("model.diffusion_model.input_blocks.0.0.weight", [0, 0])[1]
         return Sniffed("base", "ldm", _family(ctx), path, {"context_dim": ctx, "in_channels": in_ch})
+    if any(k.startswith(("controlnet_cond_embedding.", "controlnet.controlnet_cond_embedding.")) for k in keys) \
+            and any(".motion_modules." in k for k in keys):
+        return _sparsectrl(shapes, path)
     if any(".motion_modules." in k and "lora" in k for k in keys):
         return _motion_lora(shapes, path)
     if any(".motion_modules." in k for k in keys):
@@ -210,7 +231,7 @@ def classify(shapes: dict[str, list[int]], path: Path, metadata: dict | None = N
             found.detail.update(because if found.kind == "vae" else {})
             return found
     raise usage(f"{path}: not a model lcmvideo recognises (found no SD1.5 UNet, AnimateDiff motion module, "
-                "LoRA, ControlNet, VAE, textual-inversion, IP-Adapter or CLIP image encoder tensors)")
+                "LoRA, ControlNet, SparseCtrl, VAE, textual-inversion, IP-Adapter or CLIP image encoder tensors)")
 
 
 def sniff(path: Path) -> Sniffed:
@@ -234,6 +255,15 @@ def sniff(path: Path) -> Sniffed:
                 return Sniffed("motion", "diffusers", fam, path, {"config": cfg})
             if cls == "ControlNetModel":
                 return Sniffed("controlnet", "diffusers", _family(cfg.get("cross_attention_dim")), path, {"config": cfg})
+            if cls == "SparseControlNetModel":
+                simple = cfg.get("use_simplified_condition_embedding", True)
+                return Sniffed("sparsectrl", "diffusers", _family(cfg.get("cross_attention_dim")), path,
+                               {"config": cfg, "condition": "rgb" if simple else "scribble",
+                                "input_channels": cfg.get("conditioning_channels", 4)
+                                + bool(cfg.get("concat_conditioning_mask", True)),
+                                "channels": tuple(cfg.get("block_out_channels", (320,)))[0],
+                                "context_dim": cfg.get("cross_attention_dim"),
+                                "max_seq_length": cfg.get("motion_max_seq_length", 32)})
             if cls in ("AutoencoderKL", "AutoencoderTiny"):
                 return _vae_folder(path, cfg)
             if cfg.get("model_type") in ("clip_vision_model", "clip"):

@@ -61,6 +61,17 @@ class Models:
             self.controlnets[key] = cn.to(self.spec.device).eval()
         return self.controlnets[key]
 
+    def sparsectrl(self, ref: ModelRef):
+        """A SparseCtrl RGB model on the pipeline's device and dtype, loaded once per file; its
+        config is the base UNet's (as diffusers' SparseControlNetModel.from_unet derives it)."""
+        key = ("sparsectrl", file_stamp(ref.path))
+        if key not in self.controlnets:
+            net = load_sparsectrl(ref, self.unet2d_config or dict(self.pipe.unet.config), self.pipe.unet.dtype,
+                                  self.spec.device)
+            bound_feed_forward(net)
+            self.controlnets[key] = net
+        return self.controlnets[key]
+
     @property
     def native_size(self) -> int:
         p = self.pipe
@@ -88,7 +99,7 @@ def make_scheduler(sampler: str, config):
 
 def retune(models: Models, spec: ModelSpec) -> Models:
     """Take the settings a loaded set changes without loading (clip skip, sampler, gamma, lcm_map)."""
-    for k in ("clip_skip", "gamma", "lcm_map"):
+    for k in ("clip_skip", "gamma", "lcm_map", "sparsectrl"):
         setattr(models.spec, k, getattr(spec, k))
     if spec.sampler != models.spec.sampler:
         models.spec.sampler = spec.sampler
@@ -468,6 +479,84 @@ def _load_controlnet(ref: ModelRef, dtype):
         return cn.to(dtype)
     except (OSError, KeyError) as e:
         raise runtime(f"{path}: could not load the ControlNet ({str(e).splitlines()[0]})") from None
+
+
+def sparsectrl_config(unet2d_config: dict, max_seq_length: int | None = None) -> dict:
+    """SparseControlNetModel's config for SparseCtrl RGB over a base UNet: its blocks, widths and
+    attention as diffusers' SparseControlNetModel.from_unet takes them from the UNet; the condition
+    a latent of the UNet's channels plus the mask through one conv (v3_sd15_sparsectrl_rgb's, and
+    diffusers' conversion script's --conditioning_channels 4 --use_simplified_condition_embedding);
+    AnimateDiff's 8 motion heads and 32-frame positional table unless the file says otherwise."""
+    c = unet2d_config
+    types = [("CrossAttnDownBlockMotion" if "CrossAttn" in t else "DownBlockMotion") for t in c["down_block_types"]]
+    return dict(in_channels=c["in_channels"], conditioning_channels=c["in_channels"],
+                flip_sin_to_cos=c.get("flip_sin_to_cos", True), freq_shift=c.get("freq_shift", 0),
+                down_block_types=tuple(types), only_cross_attention=c.get("only_cross_attention", False),
+                block_out_channels=tuple(c["block_out_channels"]), layers_per_block=c["layers_per_block"],
+                downsample_padding=c.get("downsample_padding", 1),
+                mid_block_scale_factor=c.get("mid_block_scale_factor", 1), act_fn=c.get("act_fn", "silu"),
+                norm_num_groups=c.get("norm_num_groups", 32), norm_eps=c.get("norm_eps", 1e-5),
+                cross_attention_dim=c["cross_attention_dim"],
+                transformer_layers_per_block=c.get("transformer_layers_per_block", 1),
+                attention_head_dim=c.get("attention_head_dim", 8), num_attention_heads=c.get("num_attention_heads"),
+                use_linear_projection=c.get("use_linear_projection", False),
+                upcast_attention=c.get("upcast_attention", False),
+                resnet_time_scale_shift=c.get("resnet_time_scale_shift", "default"),
+                motion_max_seq_length=max_seq_length or 32, motion_num_attention_heads=8,
+                concat_conditioning_mask=True, use_simplified_condition_embedding=True)
+
+
+def sparsectrl_to_diffusers(sd: dict) -> dict:
+    """An original-layout SparseCtrl state dict (flat, or under `controlnet.`) -> SparseControlNetModel's:
+    diffusers' own convert_animatediff_checkpoint_to_diffusers (the motion modules' keys; the rest are
+    already diffusers' names), with the positional tables kept as diffusers' conversion script keeps
+    them (attention_blocks.0.pos_encoder -> pos_embed). A diffusers-layout file passes through."""
+    from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
+
+    if sd and all(k.startswith("controlnet.") for k in sd):
+        sd = {k[len("controlnet."):]: v for k, v in sd.items()}
+    sd.pop("animatediff_config", None)
+    if not any(".temporal_transformer." in k for k in sd):
+        return sd
+    pe = {k.replace(".temporal_transformer", "").replace(".attention_blocks.0.pos_encoder.pe", ".pos_embed.pe"): v
+          for k, v in sd.items() if k.endswith("attention_blocks.0.pos_encoder.pe")}
+    return {**convert_animatediff_checkpoint_to_diffusers(sd), **pe}
+
+
+def load_sparsectrl(ref: ModelRef, unet2d_config: dict, dtype, device, flag: str | None = None):
+    """SparseControlNetModel of a SparseCtrl RGB file or diffusers folder, built on the meta device and
+    given its tensors once; one that does not fit the base UNet is a usage error naming `flag`."""
+    import torch
+    from diffusers import SparseControlNetModel
+    from diffusers.models.embeddings import SinusoidalPositionalEmbedding
+
+    from .locate import sparsectrl_flag
+
+    flag = flag or sparsectrl_flag(ref.source)
+    path, d = ref.path, ref.sniffed.detail
+    base = (tuple(unet2d_config["block_out_channels"]), unet2d_config["cross_attention_dim"])
+    if (d.get("channels"), d.get("context_dim")) != (base[0][0], base[1]) or \
+            d.get("input_channels") != unet2d_config["in_channels"] + 1:
+        raise usage(f"{flag}: {path} is a SparseCtrl for a UNet with {d.get('channels')} base channels and "
+                    f"cross-attention {d.get('context_dim')} ({d.get('input_channels')} condition channels); the "
+                    f"base model has {base[0][0]} and {base[1]} ({unet2d_config['in_channels'] + 1})")
+    sd = sparsectrl_to_diffusers(load_state_dict(_weights_file(path) if path.is_dir() else path))
+    lengths = {v.shape[1] for k, v in sd.items() if k.endswith("pos_embed.pe")}
+    with torch.device("meta"):
+        net = SparseControlNetModel.from_config(sparsectrl_config(unet2d_config, max(lengths) if lengths else None))
+    if not lengths:  # no positional tables in the file: AnimateDiff's sinusoids, made as diffusers makes them
+        for name, m in net.named_modules():
+            if isinstance(m, SinusoidalPositionalEmbedding):
+                sd[f"{name}.pe"] = SinusoidalPositionalEmbedding(m.pe.shape[-1], m.pe.shape[1]).pe
+    try:
+        missing, unexpected = net.load_state_dict(_on(sd, dtype, device), strict=False, assign=True)
+    except RuntimeError as e:  # a tensor of another shape: a SparseCtrl for another UNet
+        why = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise usage(f"{flag}: {path} does not fit the base model ({why[:200]})") from None
+    if missing or unexpected:
+        raise usage(f"{flag}: {path} does not fit the base model ({'missing' if missing else 'unexpected'} "
+                    f"{(missing or unexpected)[0]} and {len(missing or unexpected) - 1} more)")
+    return net.eval()
 
 
 def _load_motion(ref: ModelRef, dtype, device) -> tuple[dict, dict]:

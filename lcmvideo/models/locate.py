@@ -28,6 +28,11 @@ MODEL_FOLDERS = {
                     "custom_nodes/ComfyUI-AnimateDiff-Evolved/motion_lora", "models/MotionLoRA"],
     "controlnet": ["models/ControlNet", "models/controlnet", "ControlNet", "controlnet",
                    "extensions/sd-webui-controlnet/models"],
+    # SparseCtrl: where ComfyUI-Advanced-ControlNet (models/controlnet) and sd-webui-controlnet
+    # (models/ControlNet) read it, and the AnimateDiff repository's own models/SparseCtrl
+    "sparsectrl": ["models/ControlNet", "models/controlnet", "ControlNet", "controlnet",
+                   "extensions/sd-webui-controlnet/models", "models/SparseCtrl", "SparseCtrl", "models/sparsectrl",
+                   "sparsectrl"],
     # A1111 models/VAE and models/VAE-approx (TAESD), ComfyUI models/vae and models/vae_approx (TAESD)
     "vae": ["models/VAE", "models/vae", "VAE", "vae", "models/VAE-approx", "models/vae_approx", "VAE-approx",
             "vae_approx"],
@@ -74,6 +79,8 @@ class ModelSpec:
     gamma: float = 0.3
     lcm_map: object = None  # schedule.LcmMap
     motion_loras: list[ModelRef] = field(default_factory=list)
+    # loaded on first use beside the set (as ControlNets are), so not one of refs()
+    sparsectrl: ModelRef | None = None
 
     def refs(self) -> list[ModelRef]:
         """The model files the weights come from (embeddings aside)."""
@@ -154,10 +161,12 @@ def _candidates(role: str, found: dict) -> list[Path]:
 
 
 EXPECTED = {"base": "base", "motion": "motion", "lcm_lora": "lora", "lora": "lora", "controlnet": "controlnet",
+            "sparsectrl": "sparsectrl",
             "vae": "vae", "embedding": "embedding", "motion_lora": "motion_lora", "ip_adapter": "ip_adapter",
             "clip_vision": "clip_vision"}
 FLAGS = {"base": "--model", "motion": "--motion", "lcm_lora": "--lcm-lora", "lora": "--lora",
-         "controlnet": "--controlnet", "vae": "--vae", "embedding": "--embedding", "motion_lora": "--motion-lora",
+         "controlnet": "--controlnet", "sparsectrl": "--sparsectrl",
+         "vae": "--vae", "embedding": "--embedding", "motion_lora": "--motion-lora",
          "ip_adapter": "--ip-adapter", "clip_vision": "--ip-encoder"}
 KEYS = {"lora": "loras", "embedding": "embeddings", "motion_lora": "motion_loras"}  # schedule key, where not the role
 SHAPES_MOTION_LORAS = DATA / "shapes" / "motion_lora"  # embedded:<direction>.safetensors
@@ -173,13 +182,15 @@ def _ref(role: str, given: str, source: str, models_dir, found, weight=1.0, flag
     if s.kind != want:
         hint = {"lora": "--lora or --lcm-lora", "motion_lora": "--motion-lora",
                 "motion": "--motion", "base": "--model", "controlnet": "--controlnet",
+                "sparsectrl": "--sparsectrl (with --init-image)",
                 "vae": "--vae", "embedding": "--embedding (or put it in the embeddings folder)",
                 "ip_adapter": "--ip-adapter", "clip_vision": "--ip-encoder (the IP-Adapter's image encoder)"}
-        kind = s.kind.replace("_", " ")
+        kind = "SparseCtrl" if s.kind == "sparsectrl" else s.kind.replace("_", " ")
+        want = "SparseCtrl" if want == "sparsectrl" else want
         raise usage(f"{flag}: {path} is {'an' if s.kind == 'embedding' else 'a'} {kind} model ({s.layout} layout), "
                     f"not {'an' if want == 'embedding' else 'a'} {want} model; pass it with {hint[s.kind]}")
     if s.family in ("SDXL", "SD2.x") or s.family.startswith(("SD1.5 (AnimateDiff", "SD3", "unknown (")):
-        what = {"vae": "VAE", "ip_adapter": "IP-Adapter"}.get(s.kind, f"{s.kind} model")
+        what = {"vae": "VAE", "ip_adapter": "IP-Adapter", "sparsectrl": "SparseCtrl"}.get(s.kind, f"{s.kind} model")
         why = f" ({s.family.split('(', 1)[1].rstrip(')')})" if s.family.startswith("unknown (") else \
             f" ({s.detail['because']})" if s.detail.get("because") else ""
         fam = "a VAE of unknown family" if s.family.startswith("unknown (") else f"a {s.family} {what}"
@@ -253,6 +264,8 @@ def _embedding_refs(m, sources: dict, models_dir: Path | None, found: dict) -> t
 def _pick_discovered(role: str, found: list[Path], models_dir: Path) -> Path | None:
     if role == "lcm_lora":
         found = [p for p in found if "lcm" in p.name.lower()]
+    if role == "motion":  # AnimateDiff's SparseCtrl files are often kept beside its motion modules
+        found = [p for p in found if "sparsectrl" not in p.name.lower()]
     if len(found) == 1:
         return found[0]
     if role == "motion":
@@ -318,10 +331,30 @@ def resolve(settings_models, sources: dict | None = None, env=os.environ) -> Mod
     if m.vae is not None and m.vae.lower() not in ("none", "base", "default"):
         vae = _ref("vae", m.vae, sources.get("vae", "schedule"), models_dir, found)
     embeddings, dirs, notes = _embedding_refs(m, sources, models_dir, found)
+    sparse = None
+    if m.sparsectrl is not None and m.sparsectrl.lower() != "none":
+        sparse = resolve_sparsectrl(m.sparsectrl, models_dir, found, sources.get("sparsectrl", "schedule"))
     device, dtype = pick_device(m.device, m.dtype)
     return ModelSpec(base, motion, lcm, loras, m.lcm_lora_scale, device, dtype, m.fuse, is_embedded, models_dir,
                      vae=vae, embeddings=embeddings, embedding_dirs=dirs, notes=notes, clip_skip=m.clip_skip,
-                     sampler=m.sampler, gamma=m.gamma, lcm_map=m.lcm_map, motion_loras=motion_loras)
+                     sampler=m.sampler, gamma=m.gamma, lcm_map=m.lcm_map, motion_loras=motion_loras,
+                     sparsectrl=sparse)
+
+
+def sparsectrl_flag(source: str) -> str:
+    return "--sparsectrl" if source == "flag" else "models.sparsectrl"
+
+
+def resolve_sparsectrl(given: str, models_dir: Path | None, found: dict, source: str = "schedule") -> ModelRef:
+    """A SparseCtrl RGB model (a path, an HF cache id, or a name in the ControlNet/SparseCtrl folders);
+    a scribble SparseCtrl is refused: its condition is a drawing, and lcmvideo conditions on the init image."""
+    flag = sparsectrl_flag(source)
+    ref = _ref("sparsectrl", given, source, models_dir, found, flag=flag)
+    d = ref.sniffed.detail
+    if d["condition"] != "rgb":
+        raise usage(f"{flag}: {ref.path} is a scribble SparseCtrl (its condition is a {d['input_channels'] - 1}-"
+                    "channel image, not a latent); only SparseCtrl RGB (v3_sd15_sparsectrl_rgb) is supported")
+    return ref
 
 
 def pick_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:

@@ -5,7 +5,8 @@ model. For the image UNet the latents are one frame (1, C, h, w) (img2img, resty
 mode, live); for the motion UNet a clip (1, C, T, h, w), run as overlapping context windows,
 several windows to one UNet call, their predictions blended with pyramid weights where they
 overlap (text-to-video, restyle's animatediff mode). Either way it applies classifier-free
-guidance per frame and the ControlNets' residuals within their start/end steps. `sample`
+guidance per frame and the ControlNets' residuals within their start/end steps (SparseCtrl's, a
+ControlNet with motion modules, per context window: it sees the window's frames together). `sample`
 runs an LCM/TCD scheduler's steps over it; noise is drawn by the caller and passed in.
 
 Samplers: LCMScheduler (the LCM-LoRA's own: each step's estimate re-noised with fresh noise) and
@@ -38,6 +39,30 @@ class Control:
     def frame(self, i: int) -> Control:
         """This ControlNet's conditioning of frame i alone."""
         return replace(self, images=self.images[i:i + 1], scale=self.scale[i:i + 1])
+
+
+@dataclass
+class SparseControl:
+    """SparseCtrl RGB with its condition for the whole clip: the init image's latent at frame 0 and
+    zeros elsewhere, with the mask saying which frames are conditioned (diffusers'
+    AnimateDiffSparseControlNetPipeline.prepare_sparse_control_conditioning). A context window is
+    given its frames' slices, so a window without frame 0 gets an all-zero condition and mask."""
+
+    net: object  # diffusers SparseControlNetModel
+    cond: object  # (1, C, T, h, w) latents
+    mask: object  # (1, 1, T, h, w): 1 where a frame is conditioned
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+
+    active = Control.active
+
+    def window(self, idx: list) -> tuple:
+        """(net, condition, mask, scale) of windows (frame index tensors) stacked as a batch."""
+        import torch
+
+        return (self.net, torch.cat([self.cond[:, :, i] for i in idx]), torch.cat([self.mask[:, :, i] for i in idx]),
+                self.scale)
 
 
 def frame_noise(shape, share: float, generator, device, dtype):
@@ -84,11 +109,21 @@ def control_residuals(parts, x, t, ehs) -> dict:
     return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
 
-def predict(unet, x, t, cond, uncond=None, guidance=1.0, controls=(), ip=None):
+def add_residuals(extra: dict, down, mid) -> dict:
+    """More residuals (SparseCtrl's) over the ControlNets' (if any), as UNet keyword arguments."""
+    have = extra.get("down_block_additional_residuals")
+    if have is not None:
+        down, mid = [a + b for a, b in zip(have, down)], extra["mid_block_additional_residual"] + mid
+    return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+
+def predict(unet, x, t, cond, uncond=None, guidance=1.0, controls=(), ip=None, sparse=None):
     """One UNet call: x is frames (n, C, h, w) or windows (n, C, L, h, w); cond/uncond are per-frame
     embeddings (n*L, 77k, D), uncond meaning CFG; guidance a number or per frame (n, 1, L, 1, 1);
     controls are (net, images (n*L, 3, H, W), scales (n*L,)) in the UNet's (batch, frame) order;
-    ip is (tokens, uncond tokens) (n*L, 1, k, D) of an installed IP-Adapter, per frame.
+    ip is (tokens, uncond tokens) (n*L, 1, k, D) of an installed IP-Adapter, per frame; sparse is
+    SparseCtrl's (net, condition (n, C, L, h, w), mask (n, 1, L, h, w), scale) for windows, run on the
+    same batch as the UNet (both CFG halves), as diffusers' SparseCtrl pipeline does.
 
     The IP-Adapter's tokens go in beside the text, as UNetMotionModel passes them on after projecting
     `added_cond_kwargs["image_embeds"]` (which it would repeat per window: here each frame has its own)."""
@@ -102,6 +137,12 @@ def predict(unet, x, t, cond, uncond=None, guidance=1.0, controls=(), ip=None):
         flat = x_in if x_in.ndim == 4 else x_in.transpose(1, 2).reshape(-1, x_in.shape[1], *x_in.shape[3:])
         extra = control_residuals([(net, torch.cat([im, im]) if cfg else im, torch.cat([sc, sc]) if cfg else sc)
                                    for net, im, sc in controls], flat, t, ehs)
+    if sparse is not None:
+        net, c, m, scale = sparse
+        down, mid = net(x_in, t, encoder_hidden_states=ehs, controlnet_cond=torch.cat([c, c]) if cfg else c,
+                        conditioning_mask=torch.cat([m, m]) if cfg else m, conditioning_scale=scale,
+                        return_dict=False)
+        extra = add_residuals(extra, down, mid)
     states = ehs if ip is None else (ehs, [torch.cat([ip[1], ip[0]]) if cfg else ip[0]])
     return guided(unet(x_in, t, encoder_hidden_states=states, **extra).sample, cfg, guidance)
 
@@ -116,9 +157,12 @@ def denoiser(unet, scheduler, cond, uncond=None, guidance=1.0, controls=(), step
     its IP-Adapter tokens."""
     import torch
 
-    def active(step):
+    sparse = [c for c in controls if isinstance(c, SparseControl)]
+    controls = [c for c in controls if not isinstance(c, SparseControl)]
+
+    def active(step, among=controls):
         k = step - (len(scheduler.timesteps) - steps)
-        return [c for c in controls if c.active(k, steps)]
+        return [c for c in among if c.active(k, steps)]
 
     if wins is None:
         def model(x, t, step):
@@ -136,7 +180,7 @@ def denoiser(unet, scheduler, cond, uncond=None, guidance=1.0, controls=(), step
               for group in (wins[i:i + per_call] for i in range(0, len(wins), per_call))]
 
     def model(x, t, step):
-        ctl = active(step)
+        ctl, sp = active(step), active(step, sparse)
         w = window_weights(len(wins[0])).to(device, x.dtype)  # every window has the same length
         noise = torch.zeros_like(x)
         for group, idx in groups:
@@ -146,7 +190,7 @@ def denoiser(unet, scheduler, cond, uncond=None, guidance=1.0, controls=(), step
                           torch.cat([cond[i] for i in idx]), torch.cat([uncond[i] for i in idx]) if cfg else None,
                           torch.cat([g[:, :, i] for i in idx]) if cfg else g,
                           [(c.net, torch.cat([c.images[i] for i in idx]), torch.cat([c.scale[i] for i in idx]))
-                           for c in ctl], ip and ip.frames(torch.cat(idx)))
+                           for c in ctl], ip and ip.frames(torch.cat(idx)), sp[0].window(idx) if sp else None)
             if len(wins) == 1:
                 noise = out
             else:

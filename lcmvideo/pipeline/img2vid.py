@@ -17,6 +17,13 @@ The mix is variance-preserving (sqrt(w) z_t + sqrt(1 - w) n: the weights of the 
 noises' amplitudes), where sd-webui-animatediff mixes linearly in clean latent space before
 noising; mixing noised latents linearly would shrink the noise the sampler expects.
 S = 0 is text-to-video exactly: nothing of the picture is read into the latents.
+
+With SparseCtrl RGB (`models.sparsectrl`, AnimateDiff v3's v3_sd15_sparsectrl_rgb) the picture
+conditions the clip through it instead: its VAE latent is the condition of frame 0 (the mask 1
+there, 0 elsewhere), as diffusers' AnimateDiffSparseControlNetPipeline has it, and the SparseCtrl's
+residuals join the ControlNets' in the denoiser (`sparsectrl_scale` their weight). S then defaults to
+0: the clip starts from pure noise and the condition carries the picture (an S given still mixes
+the picture into the starting latents as above).
 """
 
 from __future__ import annotations
@@ -49,7 +56,56 @@ def picture(s) -> np.ndarray:
 
 
 def uses_picture(s) -> bool:
-    return bool(s.init_image) and s.init_strength > 0
+    """Whether a render reads the picture: into the starting latents, or as SparseCtrl's condition."""
+    from ..schedule import init_strength_of, uses_sparsectrl
+
+    return bool(s.init_image) and (init_strength_of(s) > 0 or uses_sparsectrl(s))
+
+
+def check_sparsectrl(s) -> None:
+    """SparseCtrl conditions on the init image: without one it is refused (before any model loads)."""
+    from ..models.locate import sparsectrl_flag
+    from ..schedule import uses_sparsectrl
+
+    if uses_sparsectrl(s) and not s.init_image:
+        flag = sparsectrl_flag(s.sources.get("sparsectrl", "schedule"))
+        raise usage(f"{flag}: SparseCtrl RGB conditions the clip on a picture; give it one with "
+                    f"{'--init-image IMAGE' if flag.startswith('--') else 'init_image'}")
+
+
+def sparse_control(models, s, image: np.ndarray | None):
+    """SparseCtrl RGB's control for the clip (denoise.SparseControl), or None without SparseCtrl or
+    at sparsectrl_scale 0 (which is no SparseCtrl). The picture's VAE latent (the mean) is frame 0's
+    condition; every other frame's condition and mask are zeros."""
+    from ..schedule import uses_sparsectrl
+
+    if not uses_sparsectrl(s):
+        return None
+    check_sparsectrl(s)
+    import torch
+
+    from ..models import discover
+    from ..models.locate import resolve_sparsectrl
+    from .decode import encode
+    from .denoise import SparseControl
+
+    spec = models.spec
+    ref = spec.sparsectrl
+    if ref is None or ref.given != s.models.sparsectrl:
+        ref = resolve_sparsectrl(s.models.sparsectrl, spec.models_dir,
+                                 discover(spec.models_dir) if spec.models_dir else {},
+                                 s.sources.get("sparsectrl", "schedule"))
+    net = models.sparsectrl(ref)
+    if s.sparsectrl_scale == 0:
+        return None
+    vae, unet = models.pipe.vae, models.pipe.unet
+    device, dtype = spec.device, unet.dtype
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(device, vae.dtype) / 127.5 - 1
+    z = encode(vae, x).to(dtype)  # (1, C, h, w): the VAE's mean
+    cond = torch.zeros((1, z.shape[1], s.frames, *z.shape[2:]), device=device, dtype=dtype)
+    mask = torch.zeros((1, 1, s.frames, *z.shape[2:]), device=device, dtype=dtype)
+    cond[:, :, 0], mask[:, :, 0] = z, 1
+    return SparseControl(net, cond, mask, s.sparsectrl_scale)
 
 
 def start_fraction(strength: float) -> float:

@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..models import ipadapter
-from ..schedule import FrameRow, Settings, finish, plan, windows
+from ..schedule import FrameRow, Settings, finish, init_strength_of, plan, windows
 from . import img2vid
 from .budget import is_out_of_memory, out_of_memory
 from .control import prepare_controls
@@ -25,13 +25,14 @@ from .text import conditioning
 
 
 def resolve_settings(s: Settings, models) -> Settings:
-    """A copy of `s` with what it left open filled in: the model's native size, a seed, shared noise."""
+    """A copy of `s` with what it left open filled in: the model's native size, a seed, shared noise,
+    init_strength (0 with SparseCtrl, 0.7 without)."""
     s = finish(s)
     size = models.native_size
     # A ControlNet's maps hold the frames together by themselves; common noise would pull a
     # subject the maps move back to one place (the embedded family: see docs/shapes.md).
     return replace(s, width=s.width or size, height=s.height or size,
-                   seed=random.randrange(2**31) if s.seed is None else s.seed,
+                   seed=random.randrange(2**31) if s.seed is None else s.seed, init_strength=init_strength_of(s),
                    shared_noise=(0.0 if s.controlnet else models.shared_noise) if s.shared_noise is None
                    else s.shared_noise)
 
@@ -186,7 +187,9 @@ def render(models, s: Settings, quiet: bool = True, cache: dict | None = None, t
             controls = prepare_controls(models, s, rows, cache)
             ip = prepare_ip(models, s, rows, uncond is not None, cache)
             picture = img2vid.picture(s) if img2vid.uses_picture(s) else None
-            latents = denoise(models, cond, uncond, guidance, s, quiet, rows, controls, ip=ip, picture=picture)
+            sparse = img2vid.sparse_control(models, s, picture)
+            latents = denoise(models, cond, uncond, guidance, s, quiet, rows, controls + ([sparse] if sparse else []),
+                              ip=ip, picture=picture)
             t1 = time.perf_counter()
             frames = decode(models.pipe.vae, latents, quiet)
             timing.update(denoise=t1 - t0, decode=time.perf_counter() - t1)

@@ -25,6 +25,7 @@ INPUT = "<input>"  # for those: the clip being restyled
 FITS = ("crop", "pad", "stretch")
 SAMPLERS = ("lcm", "tcd")  # LCMScheduler; TCDScheduler (strategic stochastic sampling, its gamma)
 FREE_INIT_FILTERS = ("gaussian", "butterworth", "ideal", "box")  # FreeInit's low-pass filters
+INIT_STRENGTH = 0.7  # init_strength's default without SparseCtrl (with it: 0, pure noise)
 
 
 @dataclass
@@ -84,6 +85,8 @@ class ModelPaths:
     sampler: str = "lcm"  # lcm (LCMScheduler) | tcd (TCDScheduler)
     gamma: float = 0.3  # TCD's stochasticity (diffusers' eta): 0 = no fresh noise between steps
     lcm_map: LcmMap | None = None  # the LCM-LoRA's scale over the denoising steps
+    # AnimateDiff v3's SparseCtrl RGB (v3_sd15_sparsectrl_rgb.ckpt): init_image conditions the clip through it
+    sparsectrl: str | None = None
 
 
 MODEL_KEYS = frozenset(f.name for f in fields(ModelPaths))  # settings that choose and load models
@@ -185,7 +188,10 @@ class Settings:
     controlnet: list[ControlSpec] = field(default_factory=list)  # ControlNets with their conditioning
     ip_adapter: IpAdapterSpec | None = None  # an image prompt
     init_image: str | None = None  # img2vid: a picture the clip starts from (frame 0 looks like it)
-    init_strength: float = 0.7  # how strongly the picture holds: 0 = not at all, 1 = every frame starts from it
+    # how strongly the picture holds in the starting latents: 0 = not at all, 1 = every frame starts from it;
+    # None = INIT_STRENGTH, or 0 with SparseCtrl (the condition carries the picture): see init_strength_of
+    init_strength: float | None = None
+    sparsectrl_scale: float = 1.0  # how strongly SparseCtrl's condition (the init image at frame 0) holds
     init_fit: str = "crop"  # how the picture is fitted to the clip's size: crop | pad | stretch
     free_init: FreeInit | None = None  # FreeInit's sampler re-runs; None = off
     output: str | None = None  # .mp4, .gif or a folder for PNG frames
@@ -207,6 +213,19 @@ class Settings:
     def copy(self) -> Settings:
         """A deep copy sharing only the (read-only) provenance."""
         return copy.deepcopy(self, {id(self.where): self.where, id(self.sources): dict(self.sources)})
+
+
+def uses_sparsectrl(s: Settings) -> bool:
+    """Whether the settings name a SparseCtrl (models.sparsectrl, not "none")."""
+    return s.models.sparsectrl is not None and s.models.sparsectrl.lower() != "none"
+
+
+def init_strength_of(s: Settings) -> float:
+    """The init_strength a render uses: the one given, else 0 with SparseCtrl (the clip starts from
+    pure noise and the condition carries the picture) and INIT_STRENGTH without."""
+    if s.init_strength is not None:
+        return s.init_strength
+    return 0.0 if uses_sparsectrl(s) else INIT_STRENGTH
 
 
 @dataclass

@@ -77,6 +77,7 @@ NUMBERS = {  # key: (type, low, high, what)
     "ip_adapter_scale": (float, 0.0, 5.0, "a number"),
     "motion_scale": (float, 0.0, 5.0, "a number"),
     "init_strength": (float, 0.0, 1.0, "a number from 0 to 1"),
+    "sparsectrl_scale": (float, 0.0, 5.0, "a number"),
 }
 
 
@@ -93,7 +94,7 @@ def _models(d, path, where, base_dir: Path | None) -> ModelPaths:
         q = Path(p).expanduser()
         return str(q if q.is_absolute() or not (base_dir / q).exists() else (base_dir / q).resolve())
 
-    for k in ("base", "motion", "lcm_lora", "models_dir", "vae"):
+    for k in ("base", "motion", "lcm_lora", "models_dir", "vae", "sparsectrl"):
         if k in d:
             setattr(m, k, rel(_str(d[k], path + (k,), where, optional=True)))
     if d.get("embeddings") is not None:
@@ -385,7 +386,7 @@ def from_dict(d: Any, where: Where, base_dir: Path | None = None) -> Settings:
     if "free_init" in d:
         s.free_init = parse_free_init(d["free_init"], lambda sub, msg: where(("free_init", *sub), msg))
     for k, (kind, lo, hi, what) in NUMBERS.items():
-        if k in d and k not in ("lcm_lora_scale", "shared_noise"):
+        if k in d and k not in ("lcm_lora_scale", "shared_noise") and not (k == "init_strength" and d[k] is None):
             setattr(s, k, _num(d[k], (k,), where, kind, lo, hi, what))
     for k in ("width", "height"):
         if d.get(k) is not None:
@@ -453,6 +454,9 @@ def apply_overrides(s: Settings, **flags) -> Settings:
         raise usage(f"--seed: expected a whole number from 0 to 2^64-1, got {flags['seed']}")
     if flags.get("init_strength") is not None and not 0 <= flags["init_strength"] <= 1:
         raise usage(f"--init-strength: expected a number from 0 to 1, got {flags['init_strength']}")
+    if flags.get("sparsectrl_scale") is not None and not (
+            isinstance(flags["sparsectrl_scale"], (int, float)) and 0 <= flags["sparsectrl_scale"] <= 5):
+        raise usage(f"--sparsectrl-scale: expected a number from 0 to 5, got {flags['sparsectrl_scale']!r}")
     if flags.get("init_fit") is not None and flags["init_fit"] not in FITS:
         raise usage(f"--init-fit: expected one of {', '.join(FITS)}, got {flags['init_fit']!r}")
     if flags.get("clip_skip") is not None and not (isinstance(flags["clip_skip"], int) and 1 <= flags["clip_skip"] <= 12):
