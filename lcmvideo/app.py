@@ -224,18 +224,20 @@ def models_command(schedule_file, flags: dict, as_json: bool = False, echo=print
         return
     if spec.embedded:
         echo(embedded_note())
+    col = max([10] + [len(r["role"]) + 1 for r in rows])  # "controlnet", "sparsectrl" are wider than the rest
+    pad = " " * col
     for r in rows:
         what = f"{r['family']}, {r['layout']} layout" if r["path"] else "none"
         w = f" x{r['weight']:g}" if "weight" in r else ""
-        echo(f"{r['role']:<9} {r['path'] or '-'}{w}\n          {what}; from {r['source']}")
+        echo(f"{r['role']:<{col}}{r['path'] or '-'}{w}\n{pad}{what}; from {r['source']}")
     if spec.vae is None:
-        echo("vae       the base model's own")
+        echo(f"{'vae':<{col}}the base model's own")
     for e in embeddings:
-        echo(f"embedding {e['name']} ({e['vectors']} vector{'s' if e['vectors'] != 1 else ''}): {e['path']}\n"
-             f"          from {e['source']}")
-    echo(f"device    {spec.device} ({spec.dtype}); LoRAs {'fused' if spec.fuse else 'as adapters'}, "
+        echo(f"{'embedding':<{col}}{e['name']} ({e['vectors']} vector{'s' if e['vectors'] != 1 else ''}): {e['path']}\n"
+             f"{pad}from {e['source']}")
+    echo(f"{'device':<{col}}{spec.device} ({spec.dtype}); LoRAs {'fused' if spec.fuse else 'as adapters'}, "
          f"LCM-LoRA scale {spec.lcm_lora_scale:g}")
-    echo(f"sampling  {spec.sampler}" + (f" (gamma {spec.gamma:g})" if spec.sampler == "tcd" else "")
+    echo(f"{'sampling':<{col}}{spec.sampler}" + (f" (gamma {spec.gamma:g})" if spec.sampler == "tcd" else "")
          + f"; clip skip {spec.clip_skip}" + ("; LCM-LoRA scale over the steps (lcm_map)" if spec.lcm_map else ""))
     for note in spec.notes:
         echo(f"note: {note}")
