@@ -1,13 +1,15 @@
-"""An experiment, not the shipped recipe: the shapes motion LoRAs trained on paired targets.
+"""The shipped shapes motion LoRAs, trained on per-seed targets (configs/motion_lora_paired.json).
 
-    python training/shapes/motion_lora_paired.py WORKDIR            # trains (resuming), configs/motion_lora_paired.json
+    python training/shapes/motion_lora_paired.py WORKDIR            # trains (resuming)
     python training/shapes/motion_lora_paired.py WORKDIR --export   # fp16 LoRAs into lcmvideo/data/shapes/motion_lora
 
-For a seed, the target is the clip the family itself makes from that seed's noise with its shape
-drawn again crossing the same place the LoRA's way; the loss is on LCM's estimate of it, at the first
-step from the seed's own noise and at a later step from the target re-noised as LCM re-noises. The
-shipped recipe (motion_lora.py) rewards the direction by 1-2 % of its loss; this one by all of it.
-What it measured is in NOTES.md ("Motion LoRAs"). Factors, layout and export are motion_lora.py's.
+Every seed gets one answer, where the denoising loss (motion_lora.py) rewards the direction by 1-2 %
+of its loss. The shipped objective, "translated": the target is the family's own sampling from that
+seed's noise (no LoRA, 4 LCM steps) with its frames moved the LoRA's way in latent space, so it
+keeps the family's code for the shape and its colour; the loss is on LCM's estimate at the first step
+(the seed's own noise) and at a later step reached by sampling with the LoRA as it now is. The
+others are kept as measured in NOTES.md ("Motion LoRAs"): "paired" (the default: the shape drawn
+again moving, re-noised), "on_policy", and a pixel loss. Factors, layout and export are motion_lora.py's.
 """
 
 from __future__ import annotations
