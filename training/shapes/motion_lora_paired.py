@@ -167,7 +167,12 @@ class PairedRun:
         self.share = cfg.get("shared_noise", self.models.shared_noise)
 
     def render(self, prompt: str, seed: int):
-        return self.session.render(prompt=prompt, frames=world.FRAMES, seed=seed, steps=4, shared_noise=self.share)
+        frames = self.session.render(prompt=prompt, frames=world.FRAMES, seed=seed, steps=4, shared_noise=self.share)
+        # the Session loads the family again when its folder changes (an export into it): that set has no LoRA
+        if self.session.models(self.session.settings(prompt=prompt)).pipe is not self.pipe:
+            raise SystemExit("the shapes family changed on disk during training; the probe would measure it "
+                             "without the LoRA (resume the run: it continues from its checkpoint)")
+        return frames
 
     def bank(self):
         """Paired examples: a seed and caption, and per direction the clip the LoRA is to give from that
