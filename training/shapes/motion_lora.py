@@ -124,11 +124,11 @@ def clip_loss(pred, target, temporal_weight: float):
     return loss
 
 
-def fit(trainer, loras: dict, lr: float, step, probe) -> float:
+def fit(trainer, loras: dict, lr: float, step, probe, stage: str = STAGE) -> float:
     """train.py's loop over the LoRAs' factors (checkpointed as one module); returns the stage's seconds."""
     params = holder(loras)
     groups = [{"params": list(params.parameters()), "lr": lr, "base_lr": lr}]
-    return trainer.loop(STAGE, groups, step, {"lora": params}, probe=probe)
+    return trainer.loop(stage, groups, step, {"lora": params}, probe=probe)
 
 
 def state_dicts(loras: dict) -> dict:

@@ -30,6 +30,7 @@ from training.shapes import motion_lora, train  # noqa: E402
 from training.shapes.motion_lora import DIRECTIONS, STAGE, MultiLoRA, _reads, clip_loss, fit, select, state_dicts  # noqa: E402
 
 CONFIG = Path(__file__).parent / "configs" / "motion_lora_paired.json"
+FOCUS = STAGE + "_focus"  # the optional second stage's checkpoint
 # "motion_modules": the motion modules' Linears (the feed-forward and proj_out too), which AnimateDiff's
 # motion-LoRA layout cannot hold; "attention": the layout's own projections. proj_in is left out (the
 # shipped run trained without it).
@@ -261,9 +262,9 @@ class PairedRun:
         unet.train()
 
         def step(i):
-            rng, g = self.t.rng(STAGE, i), self.t.gen(STAGE, i)
+            rng, g = self.t.rng(self.stage, i), self.t.gen(self.stage, i)
             b = cfg["batch"]
-            dirs = np.arange(b) % len(DIRECTIONS)
+            dirs = self.dirs[np.arange(b) % len(self.dirs)]
             idx = rng.integers(n, size=b)
             x0 = torch.stack([bank[DIRECTIONS[d]][j] for d, j in zip(dirs, idx)]).float()
             first = rng.random(b) < cfg["first_step_share"]
@@ -284,9 +285,9 @@ class PairedRun:
         def on_policy(i):
             # a later step starts where lcmvideo's sampler with the LoRA as it now is gets for the seed,
             # not from the target re-noised: the LoRA's own first guess is what users' later steps see
-            rng = self.t.rng(STAGE, i)
+            rng = self.t.rng(self.stage, i)
             b = cfg["batch"]
-            dirs = np.arange(b) % len(DIRECTIONS)
+            dirs = self.dirs[np.arange(b) % len(self.dirs)]
             idx = rng.integers(n, size=b)
             x0 = torch.stack([bank[DIRECTIONS[d]][j] for d, j in zip(dirs, idx)]).float()
             with torch.no_grad():
@@ -309,9 +310,9 @@ class PairedRun:
             # the target is the family's own sampling with its frames moved (latent space, so it keeps
             # the family's code for the shape): its first guess moved at the first step, its clip moved
             # at a later step reached by sampling with the LoRA as it now is
-            rng = self.t.rng(STAGE, i)
+            rng = self.t.rng(self.stage, i)
             b = cfg["batch"]
-            dirs = np.arange(b) % len(DIRECTIONS)
+            dirs = self.dirs[np.arange(b) % len(self.dirs)]
             idx = rng.integers(n, size=b)
             speed = rng.uniform(*cfg.get("speed", world.SPEED), size=b)
             off = np.stack([track_offsets(*fam["place"][j].tolist(), v, DIRECTIONS[d])
@@ -346,7 +347,13 @@ class PairedRun:
             return img.reshape(b, f, *img.shape[1:]).permute(0, 2, 1, 3, 4)
 
         steps = {"translated": translated, "on_policy": on_policy}
+        self.dirs, self.stage = np.arange(len(DIRECTIONS)), STAGE
         secs = fit(self.t, self.loras, cfg["lr"], steps.get(cfg.get("objective"), step), self.probe)
+        if cfg.get("focus"):  # a second stage on the directions that lag, from the first stage's factors
+            f = cfg["focus"]
+            self.dirs, self.stage = np.array([DIRECTIONS.index(d) for d in f["directions"]]), FOCUS
+            train.STEPS[FOCUS] = f["steps"]
+            secs += fit(self.t, self.loras, f["lr"], steps.get(cfg.get("objective"), step), self.probe, FOCUS)
         (self.t.work / STAGE).mkdir(exist_ok=True)
         from safetensors.torch import save_file
 
@@ -355,7 +362,7 @@ class PairedRun:
                 save_file(sd, self.t.work / STAGE / f"{d}.safetensors")
         info = {"seconds": round(secs, 1), "steps": cfg["steps"], "batch": cfg["batch"], "seed": cfg["seed"],
                 "rank": cfg["rank"], "bank_clips": n, "objective": cfg.get("objective", "paired"), "targets": cfg["targets"],
-                "shared_noise": self.share}
+                "shared_noise": self.share, "focus": cfg.get("focus")}
         (self.t.work / STAGE / "done").write_text(json.dumps(info))
         self.t.log(STAGE, f"done: {info}")
 
@@ -393,7 +400,8 @@ def export(work: Path, dest: Path = motion_lora.EXPORT):
     _, models = open_family()
     wide = cfg["targets"] == "motion_modules"
     names = sorted(n for n, _ in models.pipe.unet.named_modules() if (WIDE if wide else motion_lora.TARGET).match(n))
-    state = torch.load(work / f"{STAGE}.ckpt.pt", weights_only=True)["lora"]
+    last = work / f"{FOCUS}.ckpt.pt"
+    state = torch.load(last if last.exists() else work / f"{STAGE}.ckpt.pt", weights_only=True)["lora"]
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
