@@ -9,12 +9,8 @@ from training.shapes import quality
 
 LORAS = embedded.shipped() / "motion_lora"
 DIRECTIONS = ("right", "left", "up", "down")
-PROMPTS = quality.MOTION_PROMPTS[:3]
-# The goal, met by three shipped LoRAs of four (training/shapes/NOTES.md, "Motion LoRAs"): strict, so a
-# retrained LoRA that meets it fails the suite until it joins LEARNT.
-NOT_LEARNT = pytest.mark.xfail(strict=True, reason="the shipped down LoRA moves the shape its way in 85 % of the "
-                                                   "benchmark's clips, not >= 90 %")
-LEARNT = {"right", "left", "up"}  # 90-95 % of the benchmark's 20 clips, 6 of the test's 6
+# benchmarks/shapes_quality.py's clips: 5 prompts x 4 seeds, so that 90 % is 18 of 20, not all of a few
+PROMPTS, SEEDS = quality.MOTION_PROMPTS, (1, 2, 3, 4)
 # "A few pixels" on a 64 px frame; the family samples with 85 % of the noise shared (sampling.json),
 # where the benchmark's 20 'still' clips wander a median 2.4 px and 3 of them jump (NOTES.md)
 STILL_PX = 4.0
@@ -51,14 +47,14 @@ def test_the_files_are_peft_motion_loras_of_the_motion_modules():
 
 @pytest.fixture(scope="module")
 def reads(session):
-    """direction -> [(prompt, analyser reads)] of clips over 3 prompts x 2 seeds with `embedded:<direction>`
+    """direction -> [(prompt, analyser reads)] of clips over 5 prompts x 4 seeds with `embedded:<direction>`
     (4 LCM steps, the family's shared noise, as a user renders them); None -> the same clips without."""
     from lcmvideo.shapes import analyse
 
     out = {}
     for d in (None, *DIRECTIONS):
         loras = [f"embedded:{d}"] if d else []
-        out[d] = [(p, analyse.read_clip(render(session, p, s, motion_loras=loras))) for p in PROMPTS for s in (1, 2)]
+        out[d] = [(p, analyse.read_clip(render(session, p, s, motion_loras=loras))) for p in PROMPTS for s in SEEDS]
     return out
 
 
@@ -69,7 +65,7 @@ def tracks(reads):
 
 
 @shipped
-@pytest.mark.parametrize("direction", [d if d in LEARNT else pytest.param(d, marks=NOT_LEARNT) for d in DIRECTIONS])
+@pytest.mark.parametrize("direction", DIRECTIONS)
 def test_each_motion_lora_moves_the_shape_its_way(tracks, direction):
     """>= 90 % of clips (prompts x seeds) go the LoRA's way, more than the same clips without it."""
     hits = [quality.goes_the_right_way(v, f"moving {direction}") for v in tracks[direction]]
@@ -89,10 +85,10 @@ def test_the_lora_is_what_moves_the_shape(tracks):
 
 
 def test_a_still_prompt_without_a_lora_stays_within_a_few_pixels(session):
-    """The shape of a 'still' clip stays within 4 px of its first place in most clips (the median, and
-    5 of the 6), without any LoRA: a motion LoRA's movement is not the family's own drift."""
-    wander = np.array([quality.wander(render(session, f"{p}, still", s)) for p in PROMPTS for s in (1, 2)])
-    assert np.median(wander) <= STILL_PX and (wander <= STILL_PX + 1).sum() >= 5, wander
+    """The shape of a 'still' clip stays within 4 px of its first place (the median; 80 % of clips within
+    5 px), without any LoRA: a motion LoRA's movement is not the family's own drift."""
+    wander = np.array([quality.wander(render(session, f"{p}, still", s)) for p in PROMPTS for s in SEEDS])
+    assert np.median(wander) <= STILL_PX and np.mean(wander <= STILL_PX + 1) >= 0.8, wander
 
 
 @shipped
@@ -109,7 +105,7 @@ def test_the_loader_applies_them_as_animatediff_does(session):
 @shipped
 def test_cli_motion_lora_reaches_the_clip(tmp_path):
     """`lcmvideo render --motion-lora embedded:left` / `embedded:right`: from the same seed, each LoRA
-    changes the clip, and the two differ (their direction is the strict xfail above)."""
+    changes the clip, and the two differ (their direction is tested above)."""
     from click.testing import CliRunner
 
     from lcmvideo.cli import cli
