@@ -245,6 +245,29 @@ def motion_adapter(variant: str = "v2", seed: int = 0, **overrides):
     return MotionAdapter(**cfg)
 
 
+def _original_motion_entries(k: str, v, attention_blocks: int, what: str) -> dict:
+    """One diffusers motion-module tensor (a `_MOTION_KEY` name) in the original AnimateDiff layout:
+    under `temporal_transformer.`, _MOTION_LEAF's names inside transformer blocks, and the block's
+    `pos_embed.pe` copied to each of its `attention_blocks` as `pos_encoder.pe`."""
+    head, idx, rest = _MOTION_KEY.fullmatch(k).groups()
+    base = f"{head}.motion_modules.{idx}.temporal_transformer."
+    tb = re.fullmatch(r"transformer_blocks\.(\d+)\.(.+)", rest)
+    if tb is None:
+        if not rest.startswith(("norm.", "proj_in.", "proj_out.")):
+            raise ValueError(f"{what}: {k} has no place in the original AnimateDiff layout")
+        return {base + rest: v}
+    block, leaf = tb.groups()
+    base += f"transformer_blocks.{block}."
+    if leaf == "pos_embed.pe":
+        return {f"{base}attention_blocks.{a}.pos_encoder.pe": v for a in range(attention_blocks)}
+    for d, o in _MOTION_LEAF:
+        if leaf.startswith(d):
+            return {base + o + leaf[len(d):]: v}
+    if not leaf.startswith("ff."):
+        raise ValueError(f"{what}: {k} has no place in the original AnimateDiff layout")
+    return {base + leaf: v}
+
+
 def _check_generation(sd: dict, variant: str) -> None:
     want = MOTION_GENERATIONS[variant]
     mid = any(k.startswith("mid_block.") for k in sd)
@@ -266,31 +289,9 @@ def to_animatediff_original(adapter_sd: dict, variant: str | None = None) -> dic
         _check_generation(adapter_sd, variant)
     out = {}
     for k, v in adapter_sd.items():
-        m = _MOTION_KEY.fullmatch(k)
-        if not m:
+        if not _MOTION_KEY.fullmatch(k):
             raise ValueError(f"motion adapter: {k} has no place in the original AnimateDiff layout")
-        head, idx, rest = m.groups()
-        base = f"{head}.motion_modules.{idx}.temporal_transformer."
-        tb = re.fullmatch(r"transformer_blocks\.(\d+)\.(.+)", rest)
-        if tb is None:
-            if not rest.startswith(("norm.", "proj_in.", "proj_out.")):
-                raise ValueError(f"motion adapter: {k} has no place in the original AnimateDiff layout")
-            out[base + rest] = v
-            continue
-        block, leaf = tb.groups()
-        base += f"transformer_blocks.{block}."
-        if leaf == "pos_embed.pe":
-            for a in (0, 1):
-                out[f"{base}attention_blocks.{a}.pos_encoder.pe"] = v
-            continue
-        for d, o in _MOTION_LEAF:
-            if leaf.startswith(d):
-                leaf = o + leaf[len(d):]
-                break
-        else:
-            if not leaf.startswith("ff."):
-                raise ValueError(f"motion adapter: {k} has no place in the original AnimateDiff layout")
-        out[base + leaf] = v
+        out.update(_original_motion_entries(k, v, 2, "motion adapter"))
     return _plain(out)
 
 
@@ -540,9 +541,6 @@ def write_v3_adapter(diffusers_sd: dict, path, wrap: bool = True) -> Path:
 
 # ---------------------------------------------------------------- SparseCtrl
 
-_SPARSE_LEAF = [("norm1.", "norms.0."), ("norm3.", "ff_norm."), ("attn1.", "attention_blocks.0.")]
-
-
 def to_sparsectrl_original(sd: dict) -> dict:
     """diffusers SparseControlNetModel state dict -> AnimateDiff v3's original SparseCtrl layout.
 
@@ -553,29 +551,7 @@ def to_sparsectrl_original(sd: dict) -> dict:
     `attention_blocks.0.pos_encoder.pe` (SparseCtrl's motion modules have one temporal self-attention)."""
     out = {}
     for k, v in sd.items():
-        m = _MOTION_KEY.fullmatch(k)
-        if not m:
-            out[k] = v
-            continue
-        head, idx, rest = m.groups()
-        base = f"{head}.motion_modules.{idx}.temporal_transformer."
-        tb = re.fullmatch(r"transformer_blocks\.(\d+)\.(.+)", rest)
-        if tb is None:
-            out[base + rest] = v
-            continue
-        block, leaf = tb.groups()
-        base += f"transformer_blocks.{block}."
-        if leaf == "pos_embed.pe":
-            out[f"{base}attention_blocks.0.pos_encoder.pe"] = v
-            continue
-        for d, o in _SPARSE_LEAF:
-            if leaf.startswith(d):
-                leaf = o + leaf[len(d):]
-                break
-        else:
-            if not leaf.startswith("ff."):
-                raise ValueError(f"SparseCtrl: {k} has no place in the original AnimateDiff layout")
-        out[base + leaf] = v
+        out.update(_original_motion_entries(k, v, 1, "SparseCtrl") if _MOTION_KEY.fullmatch(k) else {k: v})
     return _plain(out)
 
 
