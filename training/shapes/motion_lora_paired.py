@@ -71,18 +71,20 @@ def start_noise(seed: int, share: float):
                        "cpu", torch.float32)
 
 
+def _start(c: float, d: int, r: float, speed: float) -> float:
+    """Where a shape of radius r going d (-1, 0, 1) along one axis at `speed` starts so that it crosses
+    c at mid-clip, kept inside the picture."""
+    travel = speed * (world.FRAMES - 1)
+    lo, hi = r + 2, world.SIZE - r - 2
+    a, b = (lo, hi - travel) if d > 0 else ((lo + travel, hi) if d < 0 else (lo, hi))
+    return float(np.clip(c - d * travel / 2, a, max(a, b)))
+
+
 def moved(shape: str, colour: str, background: str, cx: float, cy: float, r: float, speed: float, direction: str):
     """The scene whose shape crosses (cx, cy) at mid-clip going `direction`, kept inside the picture."""
     motion = f"moving {direction}"
     dx, dy = world.MOTIONS[motion]
-    travel = speed * (world.FRAMES - 1)
-    lo, hi = r + 2, world.SIZE - r - 2
-
-    def start(c, d):
-        a, b = (lo, hi - travel) if d > 0 else ((lo + travel, hi) if d < 0 else (lo, hi))
-        return float(np.clip(c - d * travel / 2, a, max(a, b)))
-
-    return world.Scene(shape, colour, background, start(cx, dx), start(cy, dy), r, motion, speed)
+    return world.Scene(shape, colour, background, _start(cx, dx, r, speed), _start(cy, dy, r, speed), r, motion, speed)
 
 
 def sample_clips(unet, sched, seeds: list[int], emb, steps: int, share: float, upto: int | None = None):
@@ -136,16 +138,9 @@ def track_offsets(cx: float, cy: float, speed: float, direction: str, r: float =
     """Per-frame (dx, dy) pixels that carry a shape at (cx, cy) across its place `direction`'s way
     at `speed`, kept inside the picture (as `moved`)."""
     dx, dy = world.MOTIONS[f"moving {direction}"]
-    travel = speed * (world.FRAMES - 1)
-    lo, hi = r + 2, world.SIZE - r - 2
-
-    def start(c, d):
-        a, b = (lo, hi - travel) if d > 0 else ((lo + travel, hi) if d < 0 else (lo, hi))
-        return float(np.clip(c - d * travel / 2, a, max(a, b)))
-
     f = np.arange(world.FRAMES)
-    return np.stack([start(cx, dx) + dx * speed * f - cx if dx else 0 * f,
-                     start(cy, dy) + dy * speed * f - cy if dy else 0 * f], axis=1)
+    return np.stack([_start(cx, dx, r, speed) + dx * speed * f - cx if dx else 0 * f,
+                     _start(cy, dy, r, speed) + dy * speed * f - cy if dy else 0 * f], axis=1)
 
 
 class PairedRun:
@@ -261,11 +256,26 @@ class PairedRun:
         first_t = int(sched.timesteps[0])
         unet.train()
 
-        def step(i):
-            rng, g = self.t.rng(self.stage, i), self.t.gen(self.stage, i)
+        def draw(rng):
+            """A batch: each clip's direction (the stage's in turn), bank seed and caption embedding."""
             b = cfg["batch"]
             dirs = self.dirs[np.arange(b) % len(self.dirs)]
             idx = rng.integers(n, size=b)
+            with torch.no_grad():
+                emb = te(self.t.ids([meta[j]["caption"] for j in idx]))[0].repeat_interleave(world.FRAMES, dim=0)
+            return b, dirs, idx, emb
+
+        def rollout(rng, idx, emb):
+            """A later step's start (latents, timestep) as lcmvideo's sampler reaches it for the batch's
+            seeds with the LoRA as it now is, in a 2-8-step schedule."""
+            k = int(rng.integers(2, 9))
+            with torch.no_grad():
+                return sample_clips(unet, sched, [meta[j]["seed"] for j in idx], emb, k, self.share,
+                                    upto=int(rng.integers(1, k)))
+
+        def step(i):
+            rng, g = self.t.rng(self.stage, i), self.t.gen(self.stage, i)
+            b, dirs, idx, emb = draw(rng)
             x0 = torch.stack([bank[DIRECTIONS[d]][j] for d, j in zip(dirs, idx)]).float()
             first = rng.random(b) < cfg["first_step_share"]
             t = torch.tensor([first_t if f else int(rng.choice(later[int(rng.integers(2, 9))])) for f in first])
@@ -275,8 +285,6 @@ class PairedRun:
             # the first step sees the seed's own noise; a later one the target re-noised as LCM re-noises
             xt = torch.where(torch.as_tensor(first).view(-1, 1, 1, 1, 1), noise0[idx],
                              a.sqrt() * x0 + (1 - a).sqrt() * eps)
-            with torch.no_grad():
-                emb = te(self.t.ids([meta[j]["caption"] for j in idx]))[0].repeat_interleave(world.FRAMES, dim=0)
             select(self.loras, torch.as_tensor(dirs))
             v = unet(xt, t, encoder_hidden_states=emb).sample
             pred = a.sqrt() * xt - (1 - a).sqrt() * v  # the clip LCM takes as this step's estimate
@@ -286,20 +294,10 @@ class PairedRun:
             # a later step starts where lcmvideo's sampler with the LoRA as it now is gets for the seed,
             # not from the target re-noised: the LoRA's own first guess is what users' later steps see
             rng = self.t.rng(self.stage, i)
-            b = cfg["batch"]
-            dirs = self.dirs[np.arange(b) % len(self.dirs)]
-            idx = rng.integers(n, size=b)
+            _, dirs, idx, emb = draw(rng)
             x0 = torch.stack([bank[DIRECTIONS[d]][j] for d, j in zip(dirs, idx)]).float()
-            with torch.no_grad():
-                emb = te(self.t.ids([meta[j]["caption"] for j in idx]))[0].repeat_interleave(world.FRAMES, dim=0)
             select(self.loras, torch.as_tensor(dirs))
-            if rng.random() < cfg["first_step_share"]:
-                xt, t = noise0[idx], first_t
-            else:
-                k = int(rng.integers(2, 9))
-                with torch.no_grad():
-                    xt, t = sample_clips(unet, sched, [meta[j]["seed"] for j in idx], emb, k, self.share,
-                                         upto=int(rng.integers(1, k)))
+            xt, t = (noise0[idx], first_t) if rng.random() < cfg["first_step_share"] else rollout(rng, idx, emb)
             a = alphas[t]
             v = unet(xt, torch.tensor(t), encoder_hidden_states=emb).sample
             return loss_of(a.sqrt() * xt - (1 - a).sqrt() * v, x0)
@@ -311,23 +309,15 @@ class PairedRun:
             # the family's code for the shape): its first guess moved at the first step, its clip moved
             # at a later step reached by sampling with the LoRA as it now is
             rng = self.t.rng(self.stage, i)
-            b = cfg["batch"]
-            dirs = self.dirs[np.arange(b) % len(self.dirs)]
-            idx = rng.integers(n, size=b)
+            b, dirs, idx, emb = draw(rng)
             speed = rng.uniform(*cfg.get("speed", world.SPEED), size=b)
             off = np.stack([track_offsets(*fam["place"][j].tolist(), v, DIRECTIONS[d])
                             for d, j, v in zip(dirs, idx, speed)]) / (world.SIZE / 8)
-            with torch.no_grad():
-                emb = te(self.t.ids([meta[j]["caption"] for j in idx]))[0].repeat_interleave(world.FRAMES, dim=0)
             select(self.loras, torch.as_tensor(dirs))
             if rng.random() < cfg["first_step_share"]:
                 xt, t, x0 = noise0[idx], first_t, shift_latents(fam["first"][idx], off)
             else:
-                k = int(rng.integers(2, 9))
-                with torch.no_grad():
-                    xt, t = sample_clips(unet, sched, [meta[j]["seed"] for j in idx], emb, k, self.share,
-                                         upto=int(rng.integers(1, k)))
-                x0 = shift_latents(fam["final"][idx], off)
+                (xt, t), x0 = rollout(rng, idx, emb), shift_latents(fam["final"][idx], off)
             a = alphas[t]
             v = unet(xt, torch.tensor(t), encoder_hidden_states=emb).sample
             return clip_loss(a.sqrt() * xt - (1 - a).sqrt() * v, x0, cfg["temporal_weight"])
