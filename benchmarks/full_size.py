@@ -10,6 +10,7 @@ LCMScheduler) on the same job, and prints load, denoise and decode seconds and p
     python benchmarks/full_size.py                          # 8 frames 128x128, 2 steps: minutes on 2 cores
     python benchmarks/full_size.py --size 512 --frames 16 --steps 1   # the memory goal: ~12 min a side on 2 cores
     python benchmarks/full_size.py --quick                  # the embedded family's files instead: seconds
+    python benchmarks/full_size.py --sparsectrl             # also lcmvideo with a SparseCtrl RGB file and --init-image
 Files go to --work (default: $TMPDIR/lcmvideo-full-size), kept for the next run.
 """
 
@@ -24,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the test exporters (layouts.py)
@@ -133,17 +136,41 @@ def make_files(work: Path, quick: bool) -> dict:
     return files
 
 
+def make_sparsectrl(work: Path, quick: bool) -> list[str]:
+    """A random SparseCtrl RGB file over the base UNet in AnimateDiff's original layout (fp16, as
+    v3_sd15_sparsectrl_rgb.ckpt's tensors) and an init picture: lcmvideo's extra arguments."""
+    import layouts
+    import torch
+    from diffusers import SparseControlNetModel
+    from PIL import Image
+
+    from lcmvideo.models import embedded
+    from lcmvideo.models.loader import SD15_CONFIG, sparsectrl_config
+
+    path, picture = work / "sparsectrl_rgb.ckpt", work / "init.png"
+    if not path.exists():
+        unet = json.loads(((embedded.ensure() if quick else SD15_CONFIG) / "unet/config.json").read_text())
+        torch.manual_seed(0)
+        net = SparseControlNetModel(**sparsectrl_config(unet)).half()
+        layouts.write_sparsectrl(net, path)
+    if not picture.exists():
+        pic = np.zeros((512, 512, 3), np.uint8)
+        pic[160:352, 160:352] = (220, 40, 40)
+        Image.fromarray(pic).save(picture)
+    return ["--sparsectrl", str(path), "--init-image", str(picture)]
+
+
 def peak_rss_gb(stderr: str) -> float:
     kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr).group(1))
     return kb / 1024**2
 
 
-def run_lcmvideo(files: dict, a, out: Path) -> dict:
+def run_lcmvideo(files: dict, a, out: Path, extra: tuple = ()) -> dict:
     clip = out / "lcmvideo.mp4"
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "lcmvideo", "-q", "render", "-p", "a red circle",
            "--model", str(files["base"]), "--motion", str(files["motion"]), "--lcm-lora", str(files["lora"]),
            "--frames", str(a.frames), "-W", str(a.size), "-H", str(a.size), "--steps", str(a.steps), "--seed", "1",
-           "--device", a.device, "--dtype", a.dtype, "-o", str(clip)]
+           "--device", a.device, "--dtype", a.dtype, "-o", str(clip), *extra]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -185,27 +212,37 @@ def main():
     ap.add_argument("--only", choices=["lcmvideo", "diffusers"], help="run one side")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--sparsectrl", action="store_true", help="a third side: lcmvideo with SparseCtrl RGB")
     a = ap.parse_args()
     if a.quick:
         a.size, a.frames, a.work = 64, 4, a.work.with_name(a.work.name + "-quick")
     files = make_files(a.work, a.quick)
-    rows = {"lcmvideo": [], "diffusers": []}
+    sides = [("lcmvideo", run_lcmvideo), ("diffusers", run_plain)]
+    if a.sparsectrl:
+        extra = make_sparsectrl(a.work, a.quick)
+        sides.append(("sparsectrl", lambda f, a, out: run_lcmvideo(f, a, out, extra)))
+    rows = {side: [] for side, _ in sides}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(a.reps):
-            for side, fn in (("lcmvideo", run_lcmvideo), ("diffusers", run_plain)):
-                if a.only in (None, side):
+            for side, fn in sides:
+                if a.only in (None, side, "lcmvideo" if side == "sparsectrl" else None):
                     rows[side].append(fn(files, a, Path(tmp)))
     best = {k: min(v, key=lambda r: r["wall"]) for k, v in rows.items() if v}
     print(f"{a.frames} frames {a.size}x{a.size}, {a.steps} steps, {a.device} {a.dtype}, {os.cpu_count()} cores; "
           f"files: {'embedded family' if a.quick else 'SD1.5 size, random weights'}")
     keys = [("wall", "whole process s"), ("load", "load s"), ("denoise", "denoise s"), ("decode", "decode s"),
             ("rss", "peak RSS GB")] + ([("vram", "peak VRAM GiB")] if a.device.startswith("cuda") else [])
-    print(f"{'':<18}{'lcmvideo':>10}{'diffusers':>11}{'ratio':>8}")
+    sp = "sparsectrl" in best  # lcmvideo with SparseCtrl RGB, and its ratio to lcmvideo without
+    print(f"{'':<18}{'lcmvideo':>10}{'diffusers':>11}{'ratio':>8}" + (f"{'+SparseCtrl':>13}{'ratio':>8}" if sp else ""))
     for k, label in keys:
         lv, dv = best.get("lcmvideo", {}).get(k), best.get("diffusers", {}).get(k)
         ratio = f"{lv / dv:.2f}" if lv is not None and dv else "-"
-        print(f"{label:<18}{lv if lv is not None else float('nan'):>10.2f}"
-              f"{dv if dv is not None else float('nan'):>11.2f}{ratio:>8}")
+        line = f"{label:<18}{lv if lv is not None else float('nan'):>10.2f}" \
+               f"{dv if dv is not None else float('nan'):>11.2f}{ratio:>8}"
+        if sp:
+            sv = best["sparsectrl"].get(k)
+            line += f"{sv if sv is not None else float('nan'):>13.2f}" + (f"{sv / lv:>8.2f}" if sv and lv else f"{'-':>8}")
+        print(line)
 
 
 if __name__ == "__main__":
